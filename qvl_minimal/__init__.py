@@ -1,0 +1,38 @@
+"""qvl_minimal: Qwen2.5-VL built from scratch, one readable file per component.
+
+    import qvl_minimal as qvl
+    config = qvl.Qwen25VLConfig.preset("3b")
+
+Names are imported on first use, so `import qvl_minimal` stays fast and a chapter pays only
+for the parts it touches.
+"""
+
+import importlib
+
+_EXPORTS = {  # public name -> the module that defines it
+    "Qwen25VLConfig": "config",
+    "VisionConfig": "config",
+    "TextConfig": "config",
+    "RMSNorm": "layers",
+    "SwiGLU": "layers",
+    "sample_photo": "samples",
+    "smart_resize": "preprocess",
+    "preprocess_image": "preprocess",
+    "preprocess_video": "preprocess",
+    "VisionTransformer": "vision",
+    "get_rope_index": "positions",
+    "TextModel": "text",
+    "Qwen25VL": "model",
+    "load_tokenizer": "tokenizer",
+    "build_chat_prompt": "tokenizer",
+    "load_pretrained": "weights",
+    "count_parameters": "params",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'qvl_minimal' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
