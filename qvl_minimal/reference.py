@@ -312,8 +312,9 @@ def reference_tokenizer(path=None):
     return tok
 
 
-def reference_processor(path=None, chat_template: str | None = None):
-    """transformers' Qwen2_5_VLProcessor: reference_tokenizer(path) + reference_image_processor().
+def reference_processor(path=None, chat_template: str | None = None, tokenizer=None):
+    """transformers' Qwen2_5_VLProcessor: reference_tokenizer(path) (or `tokenizer`, to reuse one)
+    + reference_image_processor().
 
     chat_template: the folder's chat_template.json if it has one, else this argument (for example
     qvl_minimal.tokenizer.QWEN25VL_CHAT_TEMPLATE). 4.57's video processor needs torchvision, which
@@ -326,5 +327,41 @@ def reference_processor(path=None, chat_template: str | None = None):
     if path is not None:
         chat_template = _chat_template(tokenizer_folder(path)) or chat_template
     no_video = object.__new__(tf.BaseVideoProcessor)  # passes the class check; never called
-    return tf.Qwen2_5_VLProcessor(image_processor=reference_image_processor(), tokenizer=reference_tokenizer(path),
+    return tf.Qwen2_5_VLProcessor(image_processor=reference_image_processor(),
+                                  tokenizer=tokenizer or reference_tokenizer(path),
                                   video_processor=no_video, chat_template=chat_template)
+
+
+@torch.no_grad()
+def reference_sharing_weights(model, attn_implementation: str = "sdpa"):
+    """The reference model whose parameters ARE our model's tensors: no second copy in memory.
+
+    Built on the meta device (no memory), then every parameter is assigned our tensor. The only
+    buffers, the rotary inverse frequencies, are computed at construction, so those two modules
+    are rebuilt for real. Two float32 copies of 3B (2 x 15 GB) do not fit in 24 GB; one does.
+    """
+    from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl as hf
+
+    config = model.config
+    param = next(model.parameters())
+    hf_config = reference_config(config, attn_implementation)
+    with torch.device("meta"):
+        ref = _transformers().Qwen2_5_VLForConditionalGeneration._from_config(hf_config, dtype=param.dtype)
+    result = ref.load_state_dict(from_checkpoint_keys(model.state_dict()), strict=False, assign=True)
+    tied = config.text_config.tie_word_embeddings
+    if result.unexpected_keys or set(result.missing_keys) - ({"lm_head.weight"} if tied else set()):
+        raise RuntimeError(f"key mismatch: missing {result.missing_keys}, unexpected {result.unexpected_keys}")
+    if tied:
+        ref.lm_head.weight = ref.model.language_model.embed_tokens.weight
+    rebuild = {  # rotary class -> how to construct it for real
+        hf.Qwen2_5_VisionRotaryEmbedding: lambda: hf.Qwen2_5_VisionRotaryEmbedding(config.vision_config.head_dim // 2),
+        hf.Qwen2_5_VLRotaryEmbedding: lambda: hf.Qwen2_5_VLRotaryEmbedding(hf_config.text_config),
+    }
+    for name, module in list(ref.named_modules()):
+        if type(module) in rebuild:
+            parent, _, attr = name.rpartition(".")
+            setattr(ref.get_submodule(parent), attr, rebuild[type(module)]().to(param.device))
+    left_on_meta = [n for n, t in [*ref.named_parameters(), *ref.named_buffers()] if t.is_meta]
+    if left_on_meta:
+        raise RuntimeError(f"tensors left on the meta device: {left_on_meta[:5]}")
+    return ref.eval()

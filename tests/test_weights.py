@@ -186,3 +186,18 @@ def test_peak_memory_of_loading_a_full_width_checkpoint(dtype):
     print(f"{dtype}: weights {size / 1e9:.2f} GB, added {added / 1e9:.2f} GB, ratio {added / size:.3f}")
     assert size > 1e9 if dtype == "float32" else size > 5e8
     assert added < 1.2 * size
+
+
+def test_reference_on_our_tensors_shares_memory_and_agrees(sharded):
+    """Chapter 11 builds the reference on our loaded tensors (no second copy of 3B)."""
+    from qvl_minimal.reference import reference_sharing_weights
+
+    ours = load_pretrained(sharded, progress=False)
+    ref = reference_sharing_weights(ours)
+    assert ref.model.language_model.layers[0].mlp.up_proj.weight.data_ptr() == \
+        ours.model.layers[0].mlp.up_proj.weight.data_ptr()
+    assert ref.lm_head.weight.data_ptr() == ours.lm_head.weight.data_ptr()  # the small stand-in is untied
+    pixels = torch.randn(16, 1176)
+    with torch.no_grad():
+        compare("logits (shared tensors)", ours(IDS, pixel_values=pixels, image_grid_thw=GRID),
+                ref(input_ids=IDS, pixel_values=pixels, image_grid_thw=GRID).logits, tol=1e-5)
