@@ -1,0 +1,66 @@
+"""Parameter counts by formula vs the reference model (built on the meta device) and the published sizes."""
+
+import pytest
+
+import qvl_minimal as qvl
+from qvl_minimal.params import parameter_bytes
+from qvl_minimal.reference import build_reference, to_checkpoint_keys
+
+# Published facts about the released checkpoints (FACTS.md section 1), not our own output.
+PUBLISHED = {  # name: (total, vision tower + merger)
+    "3b": (3_754_622_976, 668_684_288),
+    "7b": (8_292_166_656, 676_550_144),
+    "72b": (73_406_351_360, 700_147_712),
+}
+PUBLISHED_3B = {
+    "patch_embed": 1_505_280, "vision_block": 19_702_200, "vision_blocks": 630_470_400, "merger": 36_708_608,
+    "embed_tokens": 311_164_928, "decoder_layer": 77_076_992, "decoder_layers": 2_774_771_712, "norm": 2_048,
+    "lm_head": 0,
+}
+
+# component -> the checkpoint-key prefix of its parameters
+PREFIXES = {
+    "patch_embed": "visual.patch_embed.", "vision_block": "visual.blocks.0.", "vision_blocks": "visual.blocks.",
+    "merger": "visual.merger.", "vision": "visual.", "embed_tokens": "model.embed_tokens.",
+    "decoder_layer": "model.layers.0.", "decoder_layers": "model.layers.", "norm": "model.norm.",
+    "lm_head": "lm_head.", "text": ("model.", "lm_head."), "total": "",
+}
+
+
+def reference_counts(config):
+    """Sum of numel per component of transformers' model (tied weights counted once)."""
+    model = build_reference(config, device="meta")
+    numels = to_checkpoint_keys({n: p.numel() for n, p in model.named_parameters()},
+                                config.text_config.tie_word_embeddings)
+    return {part: sum(n for k, n in numels.items() if k.startswith(prefix)) for part, prefix in PREFIXES.items()}
+
+
+@pytest.mark.parametrize("name", ["3b", "7b", "72b", "tiny"])
+def test_formula_equals_reference_model(name):
+    config = qvl.Qwen25VLConfig.preset(name)
+    assert qvl.count_parameters(config) == reference_counts(config)
+
+
+def test_formula_equals_reference_when_tiny_is_tied():
+    config = qvl.Qwen25VLConfig.preset("tiny").replace(text_config={"tie_word_embeddings": True})
+    counts = qvl.count_parameters(config)
+    assert counts["lm_head"] == 0 and counts == reference_counts(config)
+
+
+@pytest.mark.parametrize("name", ["3b", "7b", "72b"])
+def test_totals_equal_published_sizes(name):
+    counts = qvl.count_parameters(qvl.Qwen25VLConfig.preset(name))
+    assert (counts["total"], counts["vision"]) == PUBLISHED[name]
+
+
+def test_3b_breakdown_equals_published():
+    counts = qvl.count_parameters(qvl.Qwen25VLConfig.preset("3b"))
+    assert {k: counts[k] for k in PUBLISHED_3B} == PUBLISHED_3B
+
+
+def test_memory():
+    config = qvl.Qwen25VLConfig.preset("3b")
+    assert parameter_bytes(config, "bfloat16") == 7_509_245_952  # published: the bf16 size of 3B
+    assert parameter_bytes(config, "float32") == 2 * 7_509_245_952
+    with pytest.raises(ValueError, match="choose one of"):
+        parameter_bytes(config, "int3")
