@@ -267,18 +267,16 @@ def write_standin_checkpoint(folder, config: Qwen25VLConfig, seed: int = 0, dtyp
     model = build_reference(config, seed=seed).to(dtype)
     model.save_pretrained(folder, max_shard_size=max_shard_size)
     del model
-    from .tokenizer import tokenizer_folder  # the installed Qwen tokenizer files
+    from .tokenizer import write_tokenizer_files  # Qwen2.5-VL's tokenizer files and chat template
 
-    for name in ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json"):
-        if (tokenizer_folder() / name).is_file():
-            shutil.copy(tokenizer_folder() / name, folder / name)
+    write_tokenizer_files(folder)
     return folder
 
 
 def standin_checkpoint(kind: str = "full", dtype=torch.bfloat16) -> Path:
     """A cached stand-in checkpoint folder (written once, reused by later runs)."""
     config = standin_config(kind)
-    key = hashlib.sha1(json.dumps([config.to_dict(), str(dtype), TRANSFORMERS_VERSION]).encode()).hexdigest()[:10]
+    key = hashlib.sha1(json.dumps([config.to_dict(), str(dtype), TRANSFORMERS_VERSION, 2]).encode()).hexdigest()[:10]
     folder = STANDIN_CACHE / f"standin-{kind}-{key}"
     if not (folder / "model.safetensors.index.json").is_file() and not (folder / "model.safetensors").is_file():
         tmp = folder.with_name(folder.name + ".partial")

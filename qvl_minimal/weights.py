@@ -43,10 +43,19 @@ class CheckpointError(ValueError):
     """A checkpoint folder that cannot be loaded; the message names the file and the tensor."""
 
 
-def _hub_snapshot(repo_dir: Path) -> Path | None:
-    """models--Qwen--X/snapshots/<hash>/ -> the snapshot that has a config.json (newest first)."""
-    snapshots = sorted((repo_dir / "snapshots").glob("*/config.json"), key=os.path.getmtime, reverse=True)
-    return snapshots[0].parent if snapshots else None
+def hub_snapshot(repo_dir: Path) -> Path | None:
+    """models--Qwen--X/ -> models--Qwen--X/snapshots/<hash>/: the one refs/main names, or the only one.
+
+    None when there is no snapshot; several snapshots and no refs/main is an error (we do not guess).
+    """
+    ref = repo_dir / "refs" / "main"
+    if ref.is_file() and (repo_dir / "snapshots" / ref.read_text().strip()).is_dir():
+        return repo_dir / "snapshots" / ref.read_text().strip()
+    snapshots = sorted(p for p in (repo_dir / "snapshots").glob("*") if p.is_dir())
+    if len(snapshots) > 1:
+        raise FileNotFoundError(f"{repo_dir}: {len(snapshots)} snapshots {[p.name for p in snapshots]} and no "
+                                "refs/main to choose; pass the snapshot folder you mean")
+    return snapshots[0] if snapshots else None
 
 
 def find_checkpoint(path: str | os.PathLike | None = None) -> Path:
@@ -62,7 +71,7 @@ def find_checkpoint(path: str | os.PathLike | None = None) -> Path:
         folder = Path(candidate).expanduser()
         if (folder / "config.json").is_file():
             return folder
-        if folder.is_dir() and (snapshot := _hub_snapshot(folder)):
+        if folder.is_dir() and (snapshot := hub_snapshot(folder)) and (snapshot / "config.json").is_file():
             return snapshot
     where = path or os.environ.get("QVL_CHECKPOINT") or candidates[0]
     raise FileNotFoundError(f"no Qwen2.5-VL checkpoint (config.json) found at {where}. {DOWNLOAD_HINT}")

