@@ -43,8 +43,15 @@ def describe(args) -> int:
     param = next(model.parameters())
     pixel_values = pixel_values.to(device=param.device, dtype=param.dtype)
 
-    def show(token):  # called with each new token id, (B,) = (1,)
-        print(tokenizer.decode([int(token[0])]), end="", flush=True)
+    ids, shown = [], ""
+
+    def show(token):  # called with each new token, (B,) = (1,)
+        nonlocal shown
+        ids.append(int(token[0]))
+        text = tokenizer.decode(ids, skip_special_tokens=True)
+        if not text.endswith("\ufffd"):  # wait until a character split over tokens is complete
+            print(text[len(shown):], end="", flush=True)
+            shown = text
 
     model.generate(input_ids.to(param.device), args.max_new_tokens, pixel_values=pixel_values,
                    image_grid_thw=grid_thw.to(param.device), on_token=show)

@@ -127,7 +127,8 @@ class Qwen25VL(nn.Module):
     def generate(self, input_ids, max_new_tokens: int, attention_mask=None, pixel_values=None,
                  image_grid_thw=None, pixel_values_videos=None, video_grid_thw=None, second_per_grid_ts=None,
                  temperature: float = 0.0, top_p: float = 1.0, generator: torch.Generator | None = None,
-                 eos_token_id: int | list[int] | None = None, pad_token_id: int | None = None) -> torch.Tensor:
+                 eos_token_id: int | list[int] | None = None, pad_token_id: int | None = None,
+                 on_token=None) -> torch.Tensor:
         """New token ids (B, n), n <= max_new_tokens: prefill once, then one token at a time.
 
         Greedy (argmax) when temperature == 0, else sampling from softmax(logits / temperature)
@@ -137,6 +138,7 @@ class Qwen25VL(nn.Module):
         row's next token goes at the end. A new token at cache position p gets the position id
         p + delta on all three axes (delta = last prompt id + 1 - L from get_rope_index: an image
         spends fewer ids than tokens, a slow video may spend more, padding spends none).
+        on_token, if given, is called with each new (B,) token tensor as soon as it is chosen.
         """
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -159,6 +161,8 @@ class Qwen25VL(nn.Module):
             token = next_token(logits, temperature, top_p, generator)  # (B,)
             token = torch.where(done, torch.full_like(token, pad), token)
             new_tokens.append(token)
+            if on_token is not None:
+                on_token(token)  # e.g. print it as it comes (streaming)
             done |= torch.isin(token, eos.to(token.device))
             if done.all() or step == max_new_tokens - 1:
                 break

@@ -79,18 +79,18 @@ def attention_mask_4d(attention_mask: torch.Tensor | None, past: int, length: in
     query still sees itself, so no softmax row is empty (an empty row gives NaN, and NaN values
     would leak through the zero weights of later rows). Padding positions produce garbage we ignore.
     """
+    total = past + length
+    if attention_mask is not None and attention_mask.shape[-1] != total:
+        raise ValueError(f"attention_mask covers {attention_mask.shape[-1]} tokens, but the cache holds "
+                         f"{past} and {length} are new; pass the mask of all {total} tokens")
     no_padding = attention_mask is None or bool(attention_mask.all())
     if no_padding and (past == 0 or length == 1):
         return None  # prefill without padding: is_causal; one new token: it sees everything
-    total = past + length
     q_pos = torch.arange(past, total, device=device)[:, None]  # (L, 1)
     k_pos = torch.arange(total, device=device)[None, :]  # (1, T)
     allowed = k_pos <= q_pos  # (L, T) causal
     if attention_mask is None:
         return allowed  # (L, T): broadcasts over batch and heads
-    if attention_mask.shape[-1] != total:
-        raise ValueError(f"attention_mask covers {attention_mask.shape[-1]} tokens, but the cache holds "
-                         f"{past} and {length} are new; pass the mask of all {total} tokens")
     allowed = (allowed & attention_mask.bool()[:, None, :]) | (k_pos == q_pos)  # (B, L, T)
     return rearrange(allowed, "b l t -> b 1 l t")  # (B, 1, L, T): the same for every head
 
