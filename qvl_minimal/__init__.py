@@ -16,6 +16,7 @@ _EXPORTS = {  # public name -> the module that defines it
     "RMSNorm": "layers",
     "SwiGLU": "layers",
     "sample_photo": "samples",
+    "sample_clip": "samples",
     "smart_resize": "preprocess",
     "preprocess_image": "preprocess",
     "preprocess_video": "preprocess",

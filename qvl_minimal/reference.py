@@ -64,6 +64,22 @@ def randomize_(model: torch.nn.Module, seed: int = 0, std: float = 0.02) -> torc
     return model
 
 
+def _seeded(cls, hf_config, seed: int | None, device: str = "cpu"):
+    """Instantiate a transformers class in float32, eval mode, every parameter from `seed`.
+
+    With a seed, transformers' own initialisation is skipped (randomize_ overwrites every
+    parameter anyway; at 3B widths the skipped init alone costs tens of seconds).
+    """
+    from transformers.modeling_utils import no_init_weights
+
+    if seed is None or device == "meta":
+        with torch.device(device):
+            return cls._from_config(hf_config, dtype=torch.float32).eval()
+    with no_init_weights():
+        model = cls._from_config(hf_config, dtype=torch.float32)
+    return randomize_(model, seed).eval()
+
+
 def build_reference(config: Qwen25VLConfig, seed: int | None = 0, attn_implementation: str = "sdpa",
                     device: str = "cpu"):
     """transformers' Qwen2_5_VLForConditionalGeneration for `config`, float32, eval mode.
@@ -72,14 +88,10 @@ def build_reference(config: Qwen25VLConfig, seed: int | None = 0, attn_implement
     (for counting parameters).
     """
     tf = _transformers()
-    hf_config = reference_config(config, attn_implementation)
-    with torch.device(device):
-        model = tf.Qwen2_5_VLForConditionalGeneration._from_config(hf_config, dtype=torch.float32)
-    if seed is not None and device != "meta":
-        randomize_(model, seed)
-        if config.text_config.tie_word_embeddings:
-            model.tie_weights()
-    return model.eval()
+    model = _seeded(tf.Qwen2_5_VLForConditionalGeneration, reference_config(config, attn_implementation), seed, device)
+    if config.text_config.tie_word_embeddings and device != "meta":
+        model.tie_weights()
+    return model
 
 
 def build_reference_vision(config: Qwen25VLConfig, seed: int | None = 0, attn_implementation: str = "sdpa"):
@@ -94,10 +106,7 @@ def build_reference_vision(config: Qwen25VLConfig, seed: int | None = 0, attn_im
 
     hf_vision = reference_config(config, attn_implementation).vision_config
     hf_vision._attn_implementation = attn_implementation
-    tower = Qwen2_5_VisionTransformerPretrainedModel._from_config(hf_vision, dtype=torch.float32)
-    if seed is not None:
-        randomize_(tower, seed)
-    return tower.eval()
+    return _seeded(Qwen2_5_VisionTransformerPretrainedModel, hf_vision, seed)
 
 
 def build_reference_text(config: Qwen25VLConfig, seed: int = 0, attn_implementation: str = "sdpa"):
@@ -109,29 +118,11 @@ def build_reference_text(config: Qwen25VLConfig, seed: int = 0, attn_implementat
     reference's `rotary_emb` (cos, sin of shape (3, B, L, head_dim)) and `layers[i]`.
     """
     _transformers()  # checks the pinned version
-    from transformers.modeling_utils import no_init_weights
     from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLTextModel
 
     hf_text = reference_config(config, attn_implementation).text_config
     hf_text._attn_implementation = attn_implementation
-    with no_init_weights():  # skip the init: every parameter is overwritten just below
-        model = Qwen2_5_VLTextModel._from_config(hf_text, dtype=torch.float32)
-    randomize_(model, seed)
-    return model.eval()
-
-
-def build_reference_fast(config: Qwen25VLConfig, seed: int = 0, attn_implementation: str = "sdpa"):
-    """The same model and weights as build_reference(config, seed), without transformers' own
-    initialisation (randomize_ overwrites every parameter anyway): much faster at real widths."""
-    from transformers.modeling_utils import no_init_weights
-
-    _transformers()  # checks the pinned version
-    with no_init_weights():
-        model = build_reference(config, seed=None, attn_implementation=attn_implementation)
-    randomize_(model, seed)
-    if config.text_config.tie_word_embeddings:
-        model.tie_weights()
-    return model.eval()
+    return _seeded(Qwen2_5_VLTextModel, hf_text, seed)
 
 
 def reference_image_processor():

@@ -3,7 +3,7 @@
 import torch
 
 import qvl_minimal as qvl
-from qvl_minimal.reference import build_reference_fast, reference_state_dict
+from qvl_minimal.reference import build_reference, reference_state_dict
 
 PAD = 151643  # <|endoftext|>: fills left padding, and the rows that finished generating
 
@@ -16,7 +16,7 @@ def wide_config():
 def load_pair(cfg):
     """(ours, reference) with the same random weights. The reference's tensors are shared, not copied
     (assign=True): the 3B-wide pair would otherwise hold its 1.2 GB embedding twice."""
-    ref = build_reference_fast(cfg)
+    ref = build_reference(cfg)
     with torch.device("meta"):
         ours = qvl.Qwen25VL(cfg)
     ours.load_state_dict(reference_state_dict(ref, cfg), strict=True, assign=True)

@@ -1,7 +1,7 @@
 """Figures of the video chapter (10): the frames the model keeps, paired into time steps.
 
 The clip is synthetic (a camera tilting up from the medals to the face of the sample photo and
-zooming in), made by `panning_clip`; which frames are kept, the patch grid and the time ids come
+zooming in), made by `samples.sample_clip`; which frames are kept, the patch grid and the time ids come
 from the library's `sample_frame_indices`, `preprocess_video` and `get_rope_index` rule.
 """
 
@@ -9,37 +9,15 @@ from __future__ import annotations
 
 import matplotlib.pyplot as plt
 import numpy as np
-from PIL import Image
 
 from ..config import Qwen25VLConfig
 from ..positions import vision_positions
 from ..preprocess import TEMPORAL, preprocess_video, sample_frame_indices
-from ..samples import sample_photo
-
-# (left, top, width) of the crop box at the first and the last frame, in photo pixels (photo: 512 x 600)
-FIRST_BOX, LAST_BOX = (0.0, 234.0, 512.0), (134.0, 128.0, 256.0)
-
-
-def panning_clip(seconds: float = 4.0, video_fps: float = 24.0, height: int = 280, width: int = 392) -> np.ndarray:
-    """A clip "filmed" over the sample photo: (frames, height, width, 3) uint8, frames = seconds * video_fps.
-
-    The crop box (aspect height:width) glides linearly from FIRST_BOX (the whole width, over the
-    medals) to LAST_BOX (the face, half the width): a tilt up plus a 2x zoom. Each crop is resized
-    to height x width with PIL's bilinear filter. Deterministic: no randomness, no files.
-    """
-    photo = sample_photo()
-    n = round(seconds * video_fps)
-    frames = np.empty((n, height, width, 3), dtype=np.uint8)
-    for i, a in enumerate(np.linspace(0.0, 1.0, n)):
-        left, top, box_w = ((1 - a) * p + a * q for p, q in zip(FIRST_BOX, LAST_BOX))
-        box = (left, top, left + box_w, top + box_w * height / width)
-        frames[i] = np.asarray(photo.resize((width, height), Image.BILINEAR, box=box))
-    return frames
-
+from ..samples import sample_clip
 
 def frame_strip(seconds: float = 4.0, video_fps: float = 24.0):
     """Figure 10.1: the frames kept at 2 fps and at 1 fps on one time axis, pairs = time steps."""
-    clip = panning_clip(seconds, video_fps)
+    clip = sample_clip(seconds, video_fps)
     vision = Qwen25VLConfig.preset("3b").vision_config
     tps, merge = vision.tokens_per_second, vision.spatial_merge_size  # 2 (the released config), 2
     fig = plt.figure(figsize=(12, 4.4), dpi=80)
