@@ -12,6 +12,11 @@ decoding with a KV cache, a new token at cache position p gets the id p + delta 
 
 Left padding (attention_mask == 0) is skipped when numbering; padded slots hold the filler 1, as
 in the reference.
+
+One deliberate difference from transformers 4.57.6: it casts second_per_grid_t to an integer
+before multiplying, so a video sampled at other than 2 fps (e.g. 0.5 s per time step) gets
+squeezed or collapsed time ids. We keep the original rule above; at 2 fps (1.0 s per step, the
+default) both agree exactly. Chapters 07 and 10 and tests/test_positions.py show both.
 """
 
 from __future__ import annotations
