@@ -144,7 +144,7 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
     starts, lengths = cu_seqlens[:-1].long(), cu_seqlens.diff().long()
     out = torch.empty_like(q)  # (heads, N, head_dim)
     for n in lengths.unique().tolist():
-        idx = starts[lengths == n, None] + torch.arange(n)  # (segments, n) rows of these segments
+        idx = starts[lengths == n, None].to(q.device) + torch.arange(n, device=q.device)  # (segments, n) rows
         qs, ks, vs = (rearrange(x[:, idx], "h s n d -> s h n d") for x in (q, k, v))
         o = F.scaled_dot_product_attention(qs, ks, vs)  # (segments, heads, n, head_dim)
         out[:, idx] = rearrange(o, "s h n d -> h s n d")
@@ -220,8 +220,9 @@ class VisionTransformer(nn.Module):
         check_pixels(pixel_values, grid, cfg.patch_dim)
 
         x = self.patch_embed(pixel_values)  # (N, 1280), merge-unit order
-        angles = vision_rotary_angles(grid, cfg.head_dim, cfg.spatial_merge_size)  # (N, 40)
-        index, cu_window = window_index(grid, cfg)  # (N/4,), (windows + 1,)
+        angles = vision_rotary_angles(grid, cfg.head_dim, cfg.spatial_merge_size).to(x.device)  # (N, 40)
+        index, cu_window = window_index(grid, cfg)  # (N/4,), (windows + 1,); bookkeeping stays on the CPU
+        index = index.to(x.device)
         cu_full = full_cu_seqlens(grid)  # (frames + 1,)
 
         def to_windows(y):  # permute whole merge units (4 rows at a time) into window order
