@@ -19,6 +19,7 @@ import json
 import os
 import re
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -269,11 +270,14 @@ def standin_checkpoint(kind: str = "full", dtype=torch.bfloat16) -> Path:
     config = standin_config(kind)
     key = hashlib.sha1(json.dumps([config.to_dict(), str(dtype), TRANSFORMERS_VERSION, 2]).encode()).hexdigest()[:10]
     folder = STANDIN_CACHE / f"standin-{kind}-{key}"
-    if not (folder / "model.safetensors.index.json").is_file() and not (folder / "model.safetensors").is_file():
-        tmp = folder.with_name(folder.name + ".partial")
-        shutil.rmtree(tmp, ignore_errors=True)
+    if not folder.is_dir():
+        STANDIN_CACHE.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".partial-", dir=STANDIN_CACHE))  # one per writer
         write_standin_checkpoint(tmp, config, dtype=dtype)
-        tmp.rename(folder)  # only a complete folder ever carries the final name
+        try:
+            tmp.rename(folder)  # only a complete folder ever carries the final name
+        except OSError:  # another process finished the same stand-in first: keep theirs
+            shutil.rmtree(tmp, ignore_errors=True)
     return folder
 
 

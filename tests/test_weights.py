@@ -131,31 +131,35 @@ def test_renamed_tensor(sharded, tmp_path):
 
 def test_index_lists_a_tensor_the_shard_lacks(sharded, tmp_path):
     folder = copy_of(sharded, tmp_path)
-    index = json.loads((folder / "model.safetensors.index.json").read_text())
-    here = index["weight_map"]["model.norm.weight"]
-    elsewhere = next(f for f in sorted(set(index["weight_map"].values())) if f != here)
-    index["weight_map"]["model.norm.weight"] = elsewhere  # the index now points at the wrong shard
-    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    weight_map = json.loads((folder / "model.safetensors.index.json").read_text())["weight_map"]
+    elsewhere = next(f for f in sorted(set(weight_map.values())) if f != weight_map["model.norm.weight"])
+    # the index now points at the wrong shard
+    edit_json(folder / "model.safetensors.index.json", lambda raw: raw["weight_map"].update({"model.norm.weight": elsewhere}))
     with pytest.raises(CheckpointError, match=f"{elsewhere}: the index lists .'model.norm.weight'. here"):
         load_pretrained(folder, progress=False)
 
 
+def edit_json(file, edit):
+    """Apply `edit` (a function changing a dict in place) to a JSON file."""
+    raw = json.loads(file.read_text())
+    edit(raw)
+    file.write_text(json.dumps(raw))
+
+
 def test_config_with_a_changed_width(sharded, tmp_path):
+    def double_mlp(raw):  # both the flat copy and the nested text_config that save_pretrained writes
+        for d in (raw, raw.get("text_config", {})):
+            d["intermediate_size"] = raw["intermediate_size"] * 2
+
     folder = copy_of(sharded, tmp_path)
-    raw = json.loads((folder / "config.json").read_text())
-    raw["intermediate_size"] = raw["intermediate_size"] * 2
-    if "text_config" in raw:
-        raw["text_config"]["intermediate_size"] = raw["intermediate_size"]
-    (folder / "config.json").write_text(json.dumps(raw))
+    edit_json(folder / "config.json", double_mlp)
     with pytest.raises(CheckpointError, match=r"tensor 'model.layers.0.mlp.(gate|up|down)_proj.weight' has shape"):
         load_pretrained(folder, progress=False)
 
 
 def test_config_of_another_model(sharded, tmp_path):
     folder = copy_of(sharded, tmp_path)
-    raw = json.loads((folder / "config.json").read_text())
-    raw["model_type"] = "llava"
-    (folder / "config.json").write_text(json.dumps(raw))
+    edit_json(folder / "config.json", lambda raw: raw.update(model_type="llava"))
     with pytest.raises(ValueError, match="model_type is 'llava'"):
         load_pretrained(folder, progress=False)
 
