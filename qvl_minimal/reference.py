@@ -1,7 +1,7 @@
 """The only door to the reference implementation (Hugging Face transformers 4.57.6).
 
 No module of the model's core imports this file or transformers; chapters and tests do, to check
-that what we built computes what the reference computes. Four jobs:
+that what we built computes what the reference computes. Its jobs:
 
 1. `reference_config(config)`: our `Qwen25VLConfig` -> a transformers `Qwen2_5_VLConfig`.
 2. `build_reference(config, seed)`: the transformers model with random weights (float32, eval
@@ -10,22 +10,20 @@ that what we built computes what the reference computes. Four jobs:
    `model.language_model.*`) <-> the key layout of the checkpoints on disk (`visual.*`, `model.*`,
    `lm_head.weight` only when the head is untied), which is also our own module tree.
 4. `compare(name, ours, ref, tol)`: a one-line report: max abs error, relative error, PASS/FAIL.
+5. `reference_sharing_weights(model)`: the reference model running on our loaded tensors.
+6. The reference's image processor, tokenizer and processor, and pieces of its towers, built
+   the way the checkpoint configures them, for the chapters that compare those.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-from .config import CONFIG_DIR, Qwen25VLConfig
+from .config import Qwen25VLConfig
 
 TRANSFORMERS_VERSION = "4.57.6"  # the pinned reference; 5.x changed the position ids after a video
 
@@ -230,55 +228,6 @@ def compare(name: str, ours, ref, tol: float = 1e-5, *, check: bool = True, show
     if check and not report.passed:
         raise AssertionError(str(report))
     return report
-
-
-# --- stand-in checkpoints: the hub's layout, written by the reference itself -------------------
-
-STANDIN_CACHE = Path(os.environ.get("QVL_CACHE", Path.home() / ".cache" / "qvl_minimal"))
-
-
-def standin_config(kind: str = "full") -> Qwen25VLConfig:
-    """The real 3B config.json (the project's copy) with fewer blocks and layers.
-
-    "full": every width of 3B kept, 2 vision blocks (block 1 with full attention) and 2 decoder
-    layers. "small": the tiny preset. Random weights: they compute, they do not describe photos.
-    """
-    if kind == "small":
-        return Qwen25VLConfig.preset("tiny")
-    real = Qwen25VLConfig.from_pretrained(CONFIG_DIR / "qwen2.5-vl-3b-instruct.config.json")
-    return real.replace(vision_config={"depth": 2, "fullatt_block_indexes": (1,)},
-                        text_config={"num_hidden_layers": 2})
-
-
-def write_standin_checkpoint(folder, config: Qwen25VLConfig, seed: int = 0, dtype=torch.bfloat16,
-                             max_shard_size: str = "500MB") -> Path:
-    """Write a checkpoint with transformers' own save_pretrained: the hub's file layout and key
-    names (config.json, model-0000i-of-0000n.safetensors, model.safetensors.index.json), plus
-    the tokenizer files, so that loading it exercises exactly the code path of the real one."""
-    folder = Path(folder)
-    model = build_reference(config, seed=seed).to(dtype)
-    model.save_pretrained(folder, max_shard_size=max_shard_size)
-    del model
-    from .tokenizer import write_tokenizer_files  # Qwen2.5-VL's tokenizer files and chat template
-
-    write_tokenizer_files(folder)
-    return folder
-
-
-def standin_checkpoint(kind: str = "full", dtype=torch.bfloat16) -> Path:
-    """A cached stand-in checkpoint folder (written once, reused by later runs)."""
-    config = standin_config(kind)
-    key = hashlib.sha1(json.dumps([config.to_dict(), str(dtype), TRANSFORMERS_VERSION, 2]).encode()).hexdigest()[:10]
-    folder = STANDIN_CACHE / f"standin-{kind}-{key}"
-    if not folder.is_dir():
-        STANDIN_CACHE.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".partial-", dir=STANDIN_CACHE))  # one per writer
-        write_standin_checkpoint(tmp, config, dtype=dtype)
-        try:
-            tmp.rename(folder)  # only a complete folder ever carries the final name
-        except OSError:  # another process finished the same stand-in first: keep theirs
-            shutil.rmtree(tmp, ignore_errors=True)
-    return folder
 
 
 def reference_tokenizer(path=None):

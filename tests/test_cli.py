@@ -3,7 +3,7 @@
 import pytest
 
 from qvl_minimal.__main__ import main
-from qvl_minimal.reference import standin_checkpoint
+from qvl_minimal.standin import standin_checkpoint
 
 
 @pytest.fixture(scope="module")

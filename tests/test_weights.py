@@ -14,7 +14,8 @@ import pytest
 import torch
 
 import qvl_minimal as qvl
-from qvl_minimal.reference import compare, standin_checkpoint, standin_config, write_standin_checkpoint
+from qvl_minimal.reference import compare
+from qvl_minimal.standin import standin_checkpoint, standin_config, write_standin_checkpoint
 from qvl_minimal.weights import CheckpointError, find_checkpoint, load_pretrained
 
 # a short prompt with one image: <|vision_start|> 4 x <|image_pad|> <|vision_end|> and some text

@@ -182,7 +182,8 @@ def stage_rels(ours: dict, theirs: dict) -> dict[str, float]:
 def standin_errors():
     """The figure of chapter 11, recomputed on the small stand-in checkpoint (seconds on a CPU)."""
     from ..preprocess import preprocess_image
-    from ..reference import reference_processor, reference_sharing_weights, standin_checkpoint
+    from ..reference import reference_processor, reference_sharing_weights
+    from ..standin import standin_checkpoint
     from ..samples import sample_photo
     from ..tokenizer import build_chat_prompt, encode_chat, load_tokenizer
     from ..weights import load_pretrained
