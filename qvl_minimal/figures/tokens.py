@@ -94,4 +94,4 @@ def prompt_tokens(question: str = QUESTION, width: int = 18, tokenizer=None):
     return fig
 
 
-FIGURES = {"prompt_tokens": prompt_tokens}
+FIGURES = {"06_prompt_tokens": prompt_tokens}
