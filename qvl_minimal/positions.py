@@ -25,6 +25,7 @@ import torch
 from einops import rearrange
 
 from .config import Qwen25VLConfig
+from .vision import check_grid
 
 PAD_FILL = 1  # the reference writes 1 at padded positions (their value never matters: masked out)
 
@@ -54,12 +55,8 @@ class _Visuals:
 
     def __init__(self, kind: str, token: str, grids, seconds, merge: int):
         self.kind, self.token, self.merge, self.used = kind, token, merge, 0
-        self.grids = [] if grids is None else [tuple(int(x) for x in g) for g in grids]
+        self.grids = [] if grids is None or len(grids) == 0 else check_grid(grids, merge, f"{kind}_grid_thw").tolist()
         self.seconds = seconds
-        for i, (t, h, w) in enumerate(self.grids):
-            if h % merge or w % merge:
-                raise ValueError(f"{kind} {i}: grid (t={t}, h={h}, w={w}) is not divisible by "
-                                 f"spatial_merge_size={merge}; take grids from the preprocessor")
 
     def take(self) -> tuple[tuple[int, int, int], float, int]:
         """The next grid, its seconds per time step, and its number of merged tokens."""

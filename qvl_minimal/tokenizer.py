@@ -20,6 +20,8 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer
 
+from .vision import check_grid
+
 SPECIAL_TOKENS = {  # fixed ids: they index rows of the checkpoint's embedding matrix
     "<|endoftext|>": 151643,  # bos and pad
     "<|im_start|>": 151644,  # a chat turn begins: <|im_start|>role\n
@@ -256,27 +258,12 @@ def build_chat_prompt(question: str, num_images: int = 0, num_videos: int = 0,
             f"<|im_start|>assistant\n")
 
 
-def _grid_rows(grid_thw, name: str) -> list[tuple[int, int, int]]:
-    """(n, 3) integer tensor / list of (t, h, w) / None -> list of int triples, checked."""
-    grid = torch.as_tensor(grid_thw if grid_thw is not None else [], dtype=None)
-    if grid.numel() == 0:
-        return []
-    grid = grid[None] if grid.shape == (3,) else grid  # a single (t, h, w)
-    if grid.ndim != 2 or grid.shape[1] != 3 or grid.is_floating_point():
-        raise ValueError(f"{name} must be integer rows of (t, h, w), shape (num, 3); got shape "
-                         f"{tuple(grid.shape)} of {grid.dtype}")
-    return [tuple(row) for row in grid.tolist()]
-
-
 def vision_token_counts(grid_thw, merge_size: int = 2, name: str = "grid_thw") -> list[int]:
     """Visual tokens per image/video: t * h * w / merge_size**2 (the merger joins 2x2 patches)."""
-    counts = []
-    for t, h, w in _grid_rows(grid_thw, name):
-        if min(t, h, w) < 1 or h % merge_size or w % merge_size:
-            raise ValueError(f"{name} row {(t, h, w)}: need t, h, w >= 1 with h and w divisible by "
-                             f"merge_size={merge_size} (the preprocessor's grids always are)")
-        counts.append(t * h * w // merge_size**2)
-    return counts
+    if grid_thw is None or len(grid_thw) == 0:
+        return []
+    grid = check_grid(grid_thw, merge_size, name)  # (num, 3), checked
+    return (grid.prod(dim=-1) // merge_size**2).tolist()
 
 
 def expand_vision_pads(text: str, image_grid_thw=None, video_grid_thw=None, merge_size: int = 2) -> str:
@@ -296,8 +283,8 @@ def expand_vision_pads(text: str, image_grid_thw=None, video_grid_thw=None, merg
 def encode_chat(tokenizer: QwenTokenizer, question: str, image_grid_thw=None, video_grid_thw=None,
                 system: str = DEFAULT_SYSTEM, merge_size: int = 2) -> torch.Tensor:
     """Chat prompt -> expanded pads -> input_ids (1, L) for the model."""
-    num_images = len(_grid_rows(image_grid_thw, "image_grid_thw"))
-    num_videos = len(_grid_rows(video_grid_thw, "video_grid_thw"))
+    num_images = len(vision_token_counts(image_grid_thw, merge_size, "image_grid_thw"))
+    num_videos = len(vision_token_counts(video_grid_thw, merge_size, "video_grid_thw"))
     text = build_chat_prompt(question, num_images, num_videos, system)
     text = expand_vision_pads(text, image_grid_thw, video_grid_thw, merge_size)
     return torch.tensor([tokenizer.encode(text)], dtype=torch.long)  # (1, L)

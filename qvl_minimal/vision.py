@@ -22,18 +22,22 @@ from .layers import RMSNorm, SwiGLU, apply_rotary
 
 
 # ----------------------------------------------------------------------------- inputs
-def check_grid(grid_thw, merge_size: int = 2) -> torch.Tensor:
-    """grid_thw as a LongTensor (num_images, 3) of (t, h, w) in patches; errors name the fix."""
+def check_grid(grid_thw, merge_size: int = 2, name: str = "grid_thw") -> torch.Tensor:
+    """grid_thw as a LongTensor (num_images, 3) of (t, h, w) in patches; errors name the fix.
+
+    The one check of a grid in the library: the vision tower, the position ids and the
+    tokenizer's pad expansion all use it.
+    """
     grid = torch.as_tensor(grid_thw)
     if grid.is_floating_point() or grid.dtype == torch.bool:
-        raise TypeError(f"grid_thw must hold integers (t, h, w in patches), got dtype {grid.dtype}")
+        raise TypeError(f"{name} must hold integers (t, h, w in patches), got dtype {grid.dtype}")
     if grid.ndim != 2 or grid.shape[1] != 3:
-        raise ValueError(f"grid_thw must have shape (num_images, 3), got {tuple(grid.shape)}; "
+        raise ValueError(f"{name} must have shape (num_images, 3), got {tuple(grid.shape)}; "
                          "wrap a single grid as [[t, h, w]]")
     if (grid <= 0).any():
-        raise ValueError(f"grid_thw entries must be positive, got {grid.tolist()}")
+        raise ValueError(f"{name} entries must be positive, got {grid.tolist()}")
     if (grid[:, 1:] % merge_size).any():
-        raise ValueError(f"grid sides h and w must be multiples of the merge size {merge_size}, got "
+        raise ValueError(f"{name}: sides h and w must be multiples of the merge size {merge_size}, got "
                          f"{grid.tolist()}; resize images to multiples of {merge_size * 14} px (smart_resize)")
     return grid.long()
 

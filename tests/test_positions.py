@@ -127,7 +127,7 @@ def test_fractional_seconds_per_grid(tiny_config, ref):
     ("grids_without_pads", "describes 2 images but input_ids hold <|image_pad|> tokens for only 1"),
     ("pads_without_grids", "image_grid_thw is empty"),
     ("seconds_count", "second_per_grid_ts has 2 entries for 1 videos"),
-    ("odd_grid", "not divisible by spatial_merge_size=2"),
+    ("odd_grid", "image_grid_thw: sides h and w must be multiples of the merge size 2"),
     ("one_dim_ids", "input_ids must be (batch, seq_len)"),
     ("mask_shape", "attention_mask shape"),
 ])

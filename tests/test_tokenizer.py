@@ -170,7 +170,9 @@ def test_pad_expansion_counts():
     assert [b.count("<|image_pad|>") for b in blocks] == [378, 1, 0]
     assert [b.count("<|video_pad|>") for b in blocks] == [0, 0, 48]
     assert expand_vision_pads("no vision") == "no vision"
-    assert expand_vision_pads("<|image_pad|>", (1, 4, 4)) == "<|image_pad|>" * 4  # a single (t, h, w)
+    assert expand_vision_pads("<|image_pad|>", [(1, 4, 4)]) == "<|image_pad|>" * 4
+    with pytest.raises(ValueError, match=r"wrap a single grid as \[\[t, h, w\]\]"):  # grids are (num, 3), as everywhere
+        expand_vision_pads("<|image_pad|>", (1, 4, 4))
 
 
 def test_bad_inputs(tok, tmp_path):
@@ -183,9 +185,9 @@ def test_bad_inputs(tok, tmp_path):
         expand_vision_pads(expand_vision_pads(one, [(1, 4, 4)]), [(1, 4, 4)])
     with pytest.raises(ValueError, match="0 <\\|video_pad\\|> but video_grid_thw has 1 rows"):
         expand_vision_pads(one, [(1, 4, 4)], video_grid_thw=[(2, 4, 4)])
-    with pytest.raises(ValueError, match="divisible by merge_size=2"):
+    with pytest.raises(ValueError, match="multiples of the merge size 2"):
         vision_token_counts([(1, 5, 4)])
-    with pytest.raises(ValueError, match="shape \\(num, 3\\)"):
+    with pytest.raises(TypeError, match="must hold integers"):
         vision_token_counts(torch.tensor([[1.0, 4.0, 4.0]]))
     with pytest.raises(ValueError, match="num_images must be an int >= 0"):
         qvl.build_chat_prompt("q", num_images=-1)
