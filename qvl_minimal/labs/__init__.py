@@ -1,0 +1,9 @@
+"""Course labs: exercises checked against the library (`check`), handouts and grading.
+
+    from qvl_minimal.labs import check
+    check("04.1", window_index_mine)     # PASS 04.1 ... or an AssertionError saying what differs
+"""
+
+from .core import EXERCISES, assert_answer, assert_tensor_matches, check, exercise
+
+__all__ = ["EXERCISES", "assert_answer", "assert_tensor_matches", "check", "exercise"]
