@@ -22,12 +22,14 @@ from __future__ import annotations
 import json
 import os
 import struct
+import sys
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from .config import Qwen25VLConfig
+from .dtypes import choose_dtype
 from .model import Qwen25VL
 
 HUB_REPO = "Qwen/Qwen2.5-VL-3B-Instruct"
@@ -139,15 +141,16 @@ def load_pretrained(path=None, dtype: torch.dtype | str | None = None, device: s
                     progress: bool = True) -> Qwen25VL:
     """Load a Qwen2.5-VL checkpoint folder into our model, one tensor at a time.
 
-    dtype None means float32 on the CPU (bfloat16 matmuls are 100x slower on CPUs without native
-    bfloat16 instructions) and bfloat16 on a GPU. Every tensor is checked against the model:
+    dtype None picks what is best for the device (`dtypes.choose_dtype`: bfloat16 on a GPU and on a
+    CPU with native bfloat16 matrix products, float32 on other CPUs; $QVL_DTYPE overrides) and
+    prints one line saying which and why. Every tensor is checked against the model:
     a missing or unexpected name, a wrong shape or a truncated shard is an error naming it.
     """
     folder = find_checkpoint(path)
     config = Qwen25VLConfig.from_pretrained(folder)
-    if isinstance(dtype, str):
-        dtype = getattr(torch, dtype)
-    dtype = dtype or (torch.float32 if str(device) == "cpu" else torch.bfloat16)
+    dtype, why = choose_dtype(device, dtype)
+    if progress:
+        print(f"computing in {str(dtype).removeprefix('torch.')}: {why}", file=sys.stderr)
     with torch.device("meta"):
         model = Qwen25VL(config)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
