@@ -46,6 +46,7 @@ _EXPORTS = {  # public name -> the module that defines it
     "QwenTokenizer": "tokenizer",
     "load_pretrained": "weights",
     "count_parameters": "params",
+    "vision_flops": "params",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,12 +1,16 @@
-"""Parameter counts by formula vs the reference model (built on the meta device) and the published sizes."""
+"""Parameter counts by formula vs the reference model (built on the meta device) and the published sizes;
+vision FLOPs by formula vs torch's FLOP counter on the library's tower."""
 
 import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 import qvl_minimal as qvl
-from qvl_minimal.params import parameter_bytes
+from qvl_minimal.params import parameter_bytes, vision_flops
+from qvl_minimal.vision import VisionTransformer
 from qvl_minimal.reference import build_reference, to_checkpoint_keys
 
-# Published facts about the released checkpoints (FACTS.md section 1), not our own output.
+# Published sizes of the released checkpoints (the sums of their safetensors headers), not our own output.
 PUBLISHED = {  # name: (total, vision tower + merger)
     "3b": (3_754_622_976, 668_684_288),
     "7b": (8_292_166_656, 676_550_144),
@@ -64,3 +68,40 @@ def test_memory():
     assert parameter_bytes(config, "float32") == 2 * 7_509_245_952
     with pytest.raises(ValueError, match="choose one of"):
         parameter_bytes(config, "int3")
+
+
+def counted_flops(vision_config, grid_thw):
+    """FLOPs of the library's tower as torch's FlopCounterMode sees them, per aten op (on meta: no memory)."""
+    with torch.device("meta"):
+        tower = VisionTransformer(vision_config)
+    n = int(torch.as_tensor(grid_thw).prod(-1).sum())
+    with FlopCounterMode(display=False) as counter:
+        tower(torch.empty(n, vision_config.patch_dim, device="meta"), grid_thw)
+    return {str(op): flops for op, flops in counter.get_flop_counts()["Global"].items()}
+
+
+GRIDS = {  # the photo, a side that is not a multiple of the window, a video with 2 time steps + an image
+    "photo": [[1, 36, 42]], "odd": [[1, 22, 10]], "video+image": [[2, 16, 24], [1, 8, 8]],
+}
+
+
+@pytest.mark.parametrize("grid", GRIDS.values(), ids=GRIDS.keys())
+@pytest.mark.parametrize("full", [(), (1,), (0, 1)], ids=["all-window", "mixed", "all-full"])
+def test_vision_flops_equal_flop_counter(grid, full):
+    """Per op: the patch embedding is the only mm, the linear layers + merger the addmm, attention the bmm."""
+    config = qvl.Qwen25VLConfig.preset("3b").replace(vision_config={"depth": 2, "fullatt_block_indexes": full})
+    total, parts = vision_flops(config, grid)
+    counted = counted_flops(config.vision_config, grid)
+    assert parts["patch_embed"] == counted["aten.mm"]
+    assert parts["linear"] + parts["merger"] == counted["aten.addmm"]
+    assert parts["window_attention"] + parts["full_attention"] == counted["aten.bmm"]
+    assert (parts["window_attention"] == 0) == (len(full) == 2) and (parts["full_attention"] == 0) == (not full)
+    assert total == sum(counted.values()) == sum(parts.values())
+
+
+def test_vision_flops_whole_3b_tower_on_the_photo():
+    """The one number the book uses: the 32-block 3B tower + merger on the photo, about 2.0 TFLOP."""
+    config = qvl.Qwen25VLConfig.preset("3b")
+    total, parts = vision_flops(config, [[1, 36, 42]])
+    assert total == sum(counted_flops(config.vision_config, [[1, 36, 42]]).values())
+    assert round(total / 1e12, 1) == 2.0 and round(parts["linear"] / 1e12, 2) == 1.91
