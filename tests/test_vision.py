@@ -115,7 +115,7 @@ def test_real_width_on_photo(tiny_config, photo):
 
 
 def test_window_boundaries_of_known_grid():
-    """FACTS section 4: grid (1, 22, 36) -> 15 windows, these boundaries."""
+    """The worked example of appendix A.5: grid (1, 22, 36) -> 15 windows, these boundaries."""
     _, cu = window_index([[1, 22, 36]], qvl.VisionConfig())
     assert cu.tolist() == [0, 64, 128, 192, 256, 288, 352, 416, 480, 544, 576, 624, 672, 720, 768, 792]
     assert full_cu_seqlens([[2, 4, 6], [1, 2, 2]]).tolist() == [0, 24, 48, 52]
