@@ -2,6 +2,7 @@
 
     python -m qvl_minimal describe IMAGE [--question TEXT] [--checkpoint DIR] ...
     python -m qvl_minimal figures [--out figures/]
+    python -m qvl_minimal site [--out _site/]
 
 Each command is a module with `configure(parser)` (its arguments) and `run(args) -> exit code`;
 COMMANDS lists them. A module is imported only when its command runs, so `--help` stays fast.
@@ -16,6 +17,9 @@ import sys
 COMMANDS = {  # name -> (module, one line of help)
     "describe": ("qvl_minimal.describe", "answer a question about a photo with a checkpoint"),
     "figures": ("qvl_minimal.figures", "draw every figure of the book into a folder"),
+    "site": ("qvl_minimal.website", "build the book as a static website from the stored notebooks"),
+    "handouts": ("qvl_minimal.labs.handouts", "write the student version of every chapter with exercises"),
+    "grade": ("qvl_minimal.labs.grade", "run student notebooks and tabulate their checks (pass / fail / not attempted)"),
 }
 
 
