@@ -1,63 +1,175 @@
-"""`python -m qvl_minimal describe IMAGE`: answer a question about a photo with a checkpoint."""
+"""`python -m qvl_minimal describe INPUT...`: answer a question about photos or a video with a checkpoint.
+
+    describe photo.jpg --question "What is in this picture?"
+    describe a.jpg b.jpg --question "What differs?"     several images in one prompt, in the order given
+    describe clip.mp4 --fps 2                           a video file, 2 frames kept per second (needs PyAV)
+    describe frames/                                    a folder of frames, taken as filmed at --fps
+    describe photo.jpg --json                           one JSON object on stdout: answer and figures
+
+The run: check every input (files, sizes, question, options, the checkpoint's files) -> preprocess
+-> load the model -> generate, streaming the answer to stdout -> one `stats:` line on stderr
+(token counts, the time of each stage, peak memory). A mistake the user can fix is reported
+before the model is loaded, as one `error: ...` line that says how to fix it, with exit code 2.
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
 import sys
-import time
+
+EXAMPLES = """examples:
+  python -m qvl_minimal describe photo.jpg --question "What is in this picture?"
+  python -m qvl_minimal describe a.jpg b.jpg --question "What differs between the two pictures?"
+  python -m qvl_minimal describe clip.mp4 --fps 2          (video files need: pip install qvl-minimal[video])
+  python -m qvl_minimal describe frames/ --fps 1           (a folder of frames extracted at 1 per second)
+  python -m qvl_minimal describe photo.jpg --temperature 0.7 --top-p 0.9 --seed 1 --json
+"""
 
 
 def configure(parser) -> None:
-    parser.add_argument("image", help="path to a photo (JPEG, PNG, ...)")
-    parser.add_argument("--question", default="Describe this image.")
-    parser.add_argument("--checkpoint", default=None,
-                        help="checkpoint folder (default: $QVL_CHECKPOINT, then the hub cache)")
-    parser.add_argument("--max-new-tokens", type=int, default=128)
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "mps"])
-    parser.add_argument("--dtype", default=None, choices=["bfloat16", "float32"],
-                        help="default: float32 on the CPU, bfloat16 on a GPU")
+    from .tokenizer import DEFAULT_SYSTEM
+
+    parser.description = __doc__.split("\n")[0].strip("`").split("`: ")[-1]
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = EXAMPLES
+    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help="image files (JPEG, PNG, ...), then video files (.mp4, .mkv, .webm, ...) or folders "
+                             "of frames; the prompt shows them in this order")
+    parser.add_argument("--question", "-q", default=None,
+                        help='what to ask (default: "Describe this image." / "... these images." / "... this video.")')
+    parser.add_argument("--fps", type=float, default=2.0,
+                        help="video frames kept per second (default 2); a folder of frames is taken as filmed "
+                             "at this rate, so every frame is kept")
+    gen = parser.add_argument_group("generation")
+    gen.add_argument("--max-new-tokens", type=int, default=128, help="stop after this many tokens (default 128)")
+    gen.add_argument("--temperature", type=float, default=0.0,
+                     help="0 (default): greedy, the most likely token each time; > 0: sample, higher = more varied")
+    gen.add_argument("--top-p", type=float, default=1.0,
+                     help="when sampling, keep the most likely tokens up to this total probability (default 1)")
+    gen.add_argument("--seed", type=int, default=None, help="seed of the sampler: the same seed, the same answer")
+    gen.add_argument("--system", default=DEFAULT_SYSTEM, help=f'the system prompt (default: "{DEFAULT_SYSTEM}")')
+    model = parser.add_argument_group("model")
+    model.add_argument("--checkpoint", default=None,
+                       help="checkpoint folder (default: $QVL_CHECKPOINT, then the Hugging Face hub cache)")
+    model.add_argument("--device", default="cpu", choices=["cpu", "cuda", "mps"])
+    model.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
+                       help="default: bfloat16 on a GPU or a CPU that multiplies it natively, else float32")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON object (answer, token counts, times, memory) instead of streaming")
 
 
 def run(args) -> int:
+    from .cli_inputs import UserError
+
+    try:
+        return describe(args)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print("error: out of memory; close other programs, use --dtype bfloat16 (half the memory), "
+              "or see the book's appendix A.9 for what each model needs", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+
+
+def default_question(media) -> str:
+    if media.videos:
+        return "Describe this video." if len(media.videos) == 1 and not media.images else "Describe these inputs."
+    return "Describe this image." if len(media.images) == 1 else "Describe these images."
+
+
+def preprocess_media(media, fps: float) -> tuple[dict, list[dict]]:
+    """-> (the visual arguments of model.generate, one summary per input for --json)."""
     import torch
-    from PIL import Image, UnidentifiedImageError
 
+    from .cli_inputs import UserError
     from .preprocess import preprocess_image
-    from .tokenizer import encode_chat, load_tokenizer
-    from .weights import find_checkpoint, load_pretrained
+    from .video_io import FrameFolder, VideoError, preprocess_source
 
-    try:
-        folder = find_checkpoint(args.checkpoint)
-    except FileNotFoundError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    try:
-        image = Image.open(args.image)
-    except (FileNotFoundError, UnidentifiedImageError) as e:
-        print(f"error: cannot read the image {args.image}: {e}", file=sys.stderr)
-        return 2
-    dtype = getattr(torch, args.dtype) if args.dtype else None
-    print(f"loading {folder} ...", file=sys.stderr)
-    start = time.perf_counter()
-    model = load_pretrained(folder, dtype=dtype, device=args.device)
-    tokenizer = load_tokenizer(folder)
-    print(f"loaded in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    visual, summaries = {}, []
+    if media.images:
+        parts = [preprocess_image(image) for _, image in media.images]  # [(N_i, 1176), (1, 3)]
+        visual["pixel_values"] = torch.cat([pixels for pixels, _ in parts])  # (sum N_i, 1176)
+        visual["image_grid_thw"] = torch.cat([grid for _, grid in parts])  # (images, 3)
+        summaries += [{"path": str(path), "kind": "image", "grid_thw": grid[0].tolist()}
+                      for (path, _), (_, grid) in zip(media.images, parts)]
+    if media.videos:
+        try:
+            parts = [preprocess_source(video, fps) for video in media.videos]
+        except VideoError as err:
+            raise UserError(str(err)) from None
+        visual["pixel_values_videos"] = torch.cat([part[0] for part in parts])  # (sum N_v, 1176)
+        visual["video_grid_thw"] = torch.cat([part[1] for part in parts])  # (videos, 3)
+        visual["second_per_grid_ts"] = torch.cat([part[2] for part in parts])  # (videos,)
+        summaries += [{"path": str(video.path), "kind": "frames" if isinstance(video, FrameFolder) else "video",
+                       "source_frames": video.total_frames, "source_fps": round(video.video_fps, 3),
+                       "grid_thw": grid[0].tolist(), "second_per_grid_t": round(float(seconds[0]), 4)}
+                      for video, (_, grid, seconds) in zip(media.videos, parts)]
+    return visual, summaries
 
-    pixel_values, grid_thw = preprocess_image(image)  # (N, 1176), (1, 3)
-    input_ids = encode_chat(tokenizer, args.question, image_grid_thw=grid_thw)  # (1, L)
-    param = next(model.parameters())
-    pixel_values = pixel_values.to(device=param.device, dtype=param.dtype)
 
-    ids, shown = [], ""
+class Streamer:
+    """on_token callback: print each new token's text as soon as it is a whole character."""
 
-    def show(token):  # called with each new token, (B,) = (1,)
-        nonlocal shown
-        ids.append(int(token[0]))
-        text = tokenizer.decode(ids, skip_special_tokens=True)
+    def __init__(self, tokenizer):
+        self.tokenizer, self.ids, self.shown = tokenizer, [], ""
+
+    def __call__(self, token) -> None:  # (1,)
+        self.ids.append(int(token[0]))
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
         if not text.endswith("\ufffd"):  # wait until a character split over tokens is complete
-            print(text[len(shown):], end="", flush=True)
-            shown = text
+            print(text[len(self.shown):], end="", flush=True)
+            self.shown = text
 
-    model.generate(input_ids.to(param.device), args.max_new_tokens, pixel_values=pixel_values,
-                   image_grid_thw=grid_thw.to(param.device), on_token=show)
-    print()
+
+def describe(args) -> int:
+    import torch
+
+    from .cli_inputs import UserError, check_checkpoint, check_media, check_options
+    from .cli_stats import RunStats
+    from .tokenizer import encode_chat, load_tokenizer
+    from .weights import CheckpointError, load_pretrained
+
+    stats = RunStats(args.device)
+    with stats.stage("check"):  # everything a user can get wrong, before the expensive load
+        check_options(args)
+        media = check_media(args.inputs, args.fps)
+        folder = check_checkpoint(args.checkpoint)
+    question = args.question or default_question(media)
+    with stats.stage("preprocess"):
+        visual, summaries = preprocess_media(media, args.fps)
+    if not args.json:
+        print(f"loading {folder} ...", file=sys.stderr)
+    with stats.stage("load"):
+        try:
+            model = load_pretrained(folder, dtype=args.dtype, device=args.device, progress=not args.json)
+        except CheckpointError as err:  # e.g. weights of another model next to this config.json
+            raise UserError(str(err)) from None
+        tokenizer = load_tokenizer(folder)
+
+    param = next(model.parameters())
+    input_ids = encode_chat(tokenizer, question, image_grid_thw=visual.get("image_grid_thw"),
+                            video_grid_thw=visual.get("video_grid_thw"), system=args.system)  # (1, L)
+    visual = {key: value.to(param.device, param.dtype) if key.startswith("pixel") else value.to(param.device)
+              for key, value in visual.items()}  # pixels in the model's dtype; grids, seconds as they are
+    generator = None if args.seed is None else torch.Generator(param.device).manual_seed(args.seed)
+    streamer = None if args.json else Streamer(tokenizer)
+    new_ids = stats.timed_generate(model, input_ids.to(param.device), on_token=streamer,
+                                   max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                   top_p=args.top_p, generator=generator, **visual)  # (1, n)
+    eos = torch.tensor(model.config.eos_token_id).flatten().tolist()
+    stopped = "eos" if int(new_ids[0, -1]) in eos else "max_new_tokens"
+    if args.json:
+        answer = tokenizer.decode(new_ids[0], skip_special_tokens=True)
+        result = {"answer": answer, "question": question, "inputs": summaries, "stopped": stopped,
+                  "checkpoint": str(folder), "device": args.device,
+                  "dtype": str(param.dtype).removeprefix("torch."), **stats.as_dict()}
+        print(json.dumps(result, ensure_ascii=False))
+    else:
+        print()
+        print(stats.line(), file=sys.stderr)
     return 0

@@ -1,0 +1,123 @@
+"""Everything the user gives the command line, checked before the model is loaded.
+
+A full checkpoint takes about 20 s and 7.5-15 GB to load, so a typo must not cost that. Each
+check raises UserError with one sentence that says what is wrong and how to fix it; the command
+prints it as `error: ...` and exits with code 2 (no traceback).
+
+    check_options(args)            question, generation options, device
+    check_media(paths, fps)        -> Media: the images (opened) and videos (headers read), in order
+    check_checkpoint(path)         -> folder: config.json parses, every shard present, headers readable
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .preprocess import MAX_PIXELS, MIN_PIXELS, VIDEO_MAX_PIXELS, VIDEO_MIN_PIXELS, smart_resize
+from .video_io import FrameFolder, VideoError, VideoFile, is_video_path, open_image_file, open_video
+
+
+class UserError(Exception):
+    """A mistake the user can fix; the message says how. The command prints `error: <message>`, exit 2."""
+
+
+@dataclass
+class Media:
+    """The pictures and videos of one prompt, each list in the order given on the command line."""
+
+    images: list = field(default_factory=list)  # (path, PIL image)
+    videos: list = field(default_factory=list)  # VideoFile | FrameFolder
+
+
+def check_options(args) -> None:
+    """The question and the generation options (argparse has checked their types already)."""
+    if args.question is not None and not args.question.strip():
+        raise UserError('the question is empty; ask something, e.g. --question "What is in this picture?"')
+    if args.max_new_tokens < 1:
+        raise UserError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+    if args.temperature < 0:
+        raise UserError(f"--temperature must be >= 0 (0 = greedy), got {args.temperature}")
+    if not 0 < args.top_p <= 1:
+        raise UserError(f"--top-p must lie in (0, 1] (1 = no cut), got {args.top_p}")
+    if not args.fps > 0:
+        raise UserError(f"--fps must be positive (frames per second of video to keep), got {args.fps}")
+    check_device(args.device)
+
+
+def check_device(device: str) -> None:
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda, but this PyTorch sees no CUDA GPU (torch.cuda.is_available() is False); "
+                        "use --device cpu, or install a CUDA build of PyTorch")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise UserError("--device mps, but this PyTorch sees no Apple GPU; use --device cpu")
+
+
+def check_image(path: Path):
+    """Open the picture and check that the preprocessor accepts its size. -> PIL image"""
+    try:
+        image = open_image_file(path)
+    except (OSError, ValueError) as err:  # unidentified or truncated file, decompression bomb, bad mode
+        raise UserError(f"cannot read the image {path} ({err}); give a JPEG, PNG, WebP ... file, "
+                        "a video file, or a folder of frames") from None
+    try:
+        smart_resize(image.height, image.width, min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS)
+    except ValueError as err:
+        raise UserError(f"{path}: {err}") from None
+    return image
+
+
+def check_video(path: Path, fps: float) -> VideoFile | FrameFolder:
+    """Read a video's header (or a frame folder's file headers) and check its frame size and count."""
+    try:
+        video = open_video(path, fps)
+    except VideoError as err:
+        raise UserError(str(err)) from None
+    if video.total_frames < 2:
+        raise UserError(f"{path}: a video needs at least 2 frames, this one has {video.total_frames}; "
+                        "for a single picture give an image file")
+    try:
+        smart_resize(video.height, video.width, min_pixels=VIDEO_MIN_PIXELS, max_pixels=VIDEO_MAX_PIXELS)
+    except ValueError as err:
+        raise UserError(f"{path}: frames of {video.width} x {video.height} px: {err}") from None
+    return video
+
+
+def check_media(paths: list[str], fps: float) -> Media:
+    """Every path exists and opens; images come before videos (the prompt lists them so)."""
+    media = Media()
+    for name in paths:
+        path = Path(name).expanduser()
+        if not path.exists():
+            raise UserError(f"no such file or folder: {name} (check the path)")
+        if is_video_path(path):
+            media.videos.append(check_video(path, fps))
+        elif media.videos:
+            raise UserError(f"the image {name} comes after a video; give the images first "
+                            "(the prompt shows every image before every video)")
+        else:
+            media.images.append((path, check_image(path)))
+    return media
+
+
+def check_checkpoint(path: str | None) -> Path:
+    """The checkpoint folder, complete: config.json of Qwen2.5-VL, every shard there, headers readable."""
+    from .config import Qwen25VLConfig
+    from .tokenizer import tokenizer_folder
+    from .weights import CheckpointError, find_checkpoint, read_header, shard_files
+
+    folder = path or "the default place"
+    try:
+        folder = find_checkpoint(path)
+        Qwen25VLConfig.from_pretrained(folder)
+        for file in shard_files(folder):
+            read_header(file)
+        tokenizer_folder(folder)
+    except (FileNotFoundError, CheckpointError) as err:
+        raise UserError(str(err)) from None
+    except (ValueError, OSError) as err:  # config.json or a header that is not valid JSON, unreadable file
+        raise UserError(f"the checkpoint in {folder} is damaged ({err}); "
+                        "download it again") from None
+    return folder
