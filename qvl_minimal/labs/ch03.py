@@ -5,7 +5,7 @@
     03.3  rotate(x (N, heads, head_dim), angles (N, head_dim // 2)) -> x rotated, x's dtype
     03.4  quiz: the head dims a step down (row + 1) changes
     03.5  distinct_offsets(h, w) -> number of distinct (drow, dcol) on an h x w patch grid
-    03.6  quiz: do the two time steps of a video get different angles?
+    03.6  full_segments(grid_thw) -> cu_seqlens of the full-attention blocks: one segment per time step
 
 Checked against the library (`patch_positions`, `vision_rotary_angles`, `apply_rotary`) on single
 images, videos (t > 1) and batches, with sides that are odd in merge units (3 x 5 units).
@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from ..layers import apply_rotary
-from ..vision import patch_positions, vision_rotary_angles
+from ..vision import full_cu_seqlens, patch_positions, vision_rotary_angles
 from .core import assert_answer, assert_tensor_matches, exercise
 
 _GRIDS = [
@@ -84,9 +84,10 @@ def _(distinct_offsets) -> str:
     return f"{len(sides)} grids incl. 1-wide ones, exact"
 
 
-@exercise("03.6", "time steps and rotary angles")
-def _(answer) -> str:
-    a = vision_rotary_angles([[2, 8, 8]], 80)  # (128, 40)
-    same = bool(torch.equal(a[:64], a[64:]))
-    assert_answer(answer, same, "same angles for both time steps", hint="print vision_rotary_angles for t = 2")
-    return "exact"
+@exercise("03.6", "full-attention segments, one per time step")
+def _(full_segments) -> str:
+    for grid, what in _GRIDS:
+        mine = full_segments(torch.tensor(grid))
+        mine = mine.long() if isinstance(mine, torch.Tensor) else torch.as_tensor(mine, dtype=torch.long)
+        assert_tensor_matches(mine, full_cu_seqlens(grid), f"grid_thw {grid} [{what}]")
+    return f"{len(_GRIDS)} grids incl. t = 3 and a batch, exact"
