@@ -41,7 +41,17 @@ html_theme_options = {{
     "home_page_in_toc": True,
 }}
 html_last_updated_fmt = None
-mathjax_path = "mathjax/MathJax.js?config=TeX-AMS-MML_HTMLorMML"   # a local copy: works offline
+mathjax_path = "mathjax/MathJax.js?config=TeX-AMS-MML_HTMLorMML-full"   # a local copy: works offline
+mathjax3_config = None
+mathjax2_config = {{                            # MathJax 2 (the local copy's version): typeset the
+    "tex2jax": {{                               # math nodes, also inside myst-nb's ignored sections
+        "inlineMath": [["\\(", "\\)"]],
+        "displayMath": [["\\[", "\\]"]],
+        "processClass": "math|output_area|tex2jax_process|mathjax_process",
+        "ignoreClass": "tex2jax_ignore|mathjax_ignore",
+    }},
+    "HTML-CSS": {{"webFont": "STIX-Web", "availableFonts": [], "imageFont": None}},  # the fonts it ships
+}}
 exclude_patterns = ["_build"]
 suppress_warnings = ["mystnb.unknown_mime_type"]
 '''
