@@ -1,17 +1,11 @@
 """Checkpoint folder -> Qwen25VL, one tensor at a time, every tensor checked.
 
 A checkpoint in the Hugging Face layout is a `config.json` plus either one `model.safetensors`
-or several shards listed by `model.safetensors.index.json`. A safetensors file is simple:
-
-    8 bytes       little-endian length n of the header
-    n bytes       JSON: {name: {"dtype": "BF16", "shape": [...], "data_offsets": [begin, end]}, ...}
-    the rest      the raw bytes of every tensor, back to back
-
-We read it ourselves (a dozen lines) instead of memory-mapping it, for two reasons a reader
-of this chapter will meet: (1) memory: each tensor's bytes are read straight into a buffer and
-converted into its final parameter, so peak memory stays near the size of the model itself,
-with no page cache of a 4 GB shard counted against us; (2) errors: a truncated download or a
-renamed tensor is reported with the file and the tensor's name.
+or several shards listed by `model.safetensors.index.json`. `safetensors_io` reads them strictly
+(every header field checked; a checkpoint from the internet is untrusted input), each tensor's
+bytes straight into a buffer converted into its final parameter, so peak memory stays near the
+size of the model itself; a truncated download or a renamed tensor is reported with the file and
+the tensor's name.
 
 The model is first built on the meta device (shapes only, no memory), then each parameter is
 replaced by the tensor read from disk.
@@ -21,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 import sys
 from pathlib import Path
 
@@ -31,6 +24,7 @@ from tqdm.auto import tqdm
 from .config import Qwen25VLConfig
 from .dtypes import choose_dtype
 from .model import Qwen25VL
+from .safetensors_io import DTYPES, CheckpointError, read_header, read_tensor  # noqa: F401 (re-exported)
 
 HUB_REPO = "Qwen/Qwen2.5-VL-3B-Instruct"
 DOWNLOAD_HINT = (
@@ -38,11 +32,6 @@ DOWNLOAD_HINT = (
     f"`huggingface-cli download {HUB_REPO} --local-dir DIR`) and set QVL_CHECKPOINT=DIR, "
     "or pass the folder explicitly."
 )
-DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "I64": torch.int64}
-
-
-class CheckpointError(ValueError):
-    """A checkpoint folder that cannot be loaded; the message names the file and the tensor."""
 
 
 def hub_snapshot(repo_dir: Path) -> Path | None:
@@ -79,50 +68,27 @@ def find_checkpoint(path: str | os.PathLike | None = None) -> Path:
     raise FileNotFoundError(f"no Qwen2.5-VL checkpoint (config.json) found at {where}. {DOWNLOAD_HINT}")
 
 
-def read_header(file: Path) -> tuple[dict, int]:
-    """Parse a safetensors header -> ({name: (dtype, shape, begin, end)}, offset of the data)."""
-    size = file.stat().st_size
-    with open(file, "rb") as f:
-        raw = f.read(8)
-        if len(raw) < 8:
-            raise CheckpointError(f"{file.name}: only {size} bytes, not a safetensors file (truncated download?)")
-        (n,) = struct.unpack("<Q", raw)
-        if n > size - 8:
-            raise CheckpointError(f"{file.name}: header of {n} bytes but file has {size} (truncated download?)")
-        header = json.loads(f.read(n))
-    header.pop("__metadata__", None)
-    entries = {k: (v["dtype"], tuple(v["shape"]), *v["data_offsets"]) for k, v in header.items()}
-    end = max((e[3] for e in entries.values()), default=0)
-    if 8 + n + end > size:
-        raise CheckpointError(
-            f"{file.name}: truncated: its header needs {8 + n + end:,} bytes, the file has {size:,}. "
-            "Download the file again."
-        )
-    return entries, 8 + n
-
-
-def read_tensor(f, entry: tuple, data_start: int) -> torch.Tensor:
-    """Read one tensor's bytes from an open file straight into a new CPU tensor."""
-    dtype, shape, begin, end = entry
-    if dtype not in DTYPES:
-        raise CheckpointError(f"unsupported safetensors dtype {dtype}")
-    if end == begin:
-        return torch.empty(shape, dtype=DTYPES[dtype])
-    buffer = bytearray(end - begin)
-    f.seek(data_start + begin)
-    f.readinto(buffer)
-    return torch.frombuffer(buffer, dtype=DTYPES[dtype]).reshape(shape)
-
-
-def shard_files(folder: Path) -> dict[Path, list[str]]:
-    """Every safetensors file of the checkpoint and the tensor names it should hold."""
+def shard_files(folder: Path) -> dict[Path, list[str] | None]:
+    """Every safetensors file of the checkpoint and the tensor names it should hold (None: the single
+    file holds what its header says). Index entries must name files inside the folder."""
     index = folder / "model.safetensors.index.json"
     if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{index.name}: not an index file ({type(e).__name__}: {e}); "
+                                  "it must be JSON with a weight_map {tensor name: shard file}") from None
+        if not isinstance(weight_map, dict):
+            raise CheckpointError(f"{index.name}: weight_map is not an object {{tensor name: shard file}}")
         shards: dict[Path, list[str]] = {}
-        for name, file in json.loads(index.read_text())["weight_map"].items():
+        for name, file in weight_map.items():
+            parts = Path(file).parts if isinstance(file, str) else ()
+            if not parts or Path(file).is_absolute() or ".." in parts or Path(file).drive:
+                raise CheckpointError(f"{index.name}: tensor {name!r} is mapped to {file!r}, which is not a file "
+                                      "name inside the checkpoint folder (absolute, or escaping it with '..')")
             shards.setdefault(folder / file, []).append(name)
     elif (folder / "model.safetensors").is_file():
-        shards = {folder / "model.safetensors": None}  # a single file: it holds what its header says
+        shards = {folder / "model.safetensors": None}
     else:
         raise CheckpointError(f"{folder}: neither model.safetensors.index.json nor model.safetensors. {DOWNLOAD_HINT}")
     for file in shards:

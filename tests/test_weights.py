@@ -70,7 +70,13 @@ def test_logits_and_greedy_tokens_equal_the_reference(sharded, dtype):
     assert torch.equal(new, ref_new[:, : new.shape[1]])
 
 
-def test_default_dtype_is_float32_on_cpu(sharded):
+def test_default_dtype_follows_the_rule(sharded, monkeypatch):
+    """dtype=None: choose_dtype's choice for the CPU (machine-dependent), or $QVL_DTYPE when set."""
+    from qvl_minimal.dtypes import choose_dtype
+
+    monkeypatch.delenv("QVL_DTYPE", raising=False)
+    assert next(load_pretrained(sharded, progress=False).parameters()).dtype == choose_dtype("cpu")[0]
+    monkeypatch.setenv("QVL_DTYPE", "float32")
     assert next(load_pretrained(sharded, progress=False).parameters()).dtype == torch.float32
 
 
@@ -197,7 +203,7 @@ def test_reference_on_our_tensors_shares_memory_and_agrees(sharded):
     """Chapter 11 builds the reference on our loaded tensors (no second copy of 3B)."""
     from qvl_minimal.reference import reference_sharing_weights
 
-    ours = load_pretrained(sharded, progress=False)
+    ours = load_pretrained(sharded, dtype=torch.float32, progress=False)
     ref = reference_sharing_weights(ours)
     assert ref.model.language_model.layers[0].mlp.up_proj.weight.data_ptr() == \
         ours.model.layers[0].mlp.up_proj.weight.data_ptr()

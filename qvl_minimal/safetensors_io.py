@@ -1,0 +1,117 @@
+"""A strict reader of safetensors files: every header field checked before a byte is read.
+
+A safetensors file is simple:
+
+    8 bytes       little-endian length n of the header (at most 100 MB, as the reference library)
+    n bytes       UTF-8 JSON: {name: {"dtype": "BF16", "shape": [...], "data_offsets": [begin, end]}, ...}
+    the rest      the data section: the raw bytes of every tensor, offsets counted from its start
+
+A file from the internet is untrusted input, so `read_header` refuses, with a CheckpointError that
+names the file and the tensor: a header that is not UTF-8 JSON or is longer than the cap; an entry
+without `dtype`, `shape` or `data_offsets`; a dtype string safetensors does not define; a negative
+or non-integer size; offsets that are reversed, negative, outside the data section, overlap
+another tensor's, or whose length is not shape x dtype size exactly. Only then does `read_tensor`
+read the bytes, straight into a new tensor (no memory map: the page cache of a 4 GB shard is not
+counted against us, and a file that shrinks under us is an error too).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from pathlib import Path
+
+import torch
+
+MAX_HEADER_BYTES = 100_000_000  # the reference library's cap (safetensors' MAX_HEADER_SIZE)
+DTYPES = {  # every dtype string the safetensors format defines -> (torch dtype, bytes per element)
+    "BOOL": (torch.bool, 1), "U8": (torch.uint8, 1), "I8": (torch.int8, 1),
+    "F8_E5M2": (torch.float8_e5m2, 1), "F8_E4M3": (torch.float8_e4m3fn, 1),
+    "I16": (torch.int16, 2), "U16": (torch.uint16, 2), "F16": (torch.float16, 2), "BF16": (torch.bfloat16, 2),
+    "I32": (torch.int32, 4), "U32": (torch.uint32, 4), "F32": (torch.float32, 4),
+    "I64": (torch.int64, 8), "U64": (torch.uint64, 8), "F64": (torch.float64, 8),
+}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder that cannot be loaded; the message names the file and the tensor."""
+
+
+def _entry(file: Path, name: str, raw) -> tuple[str, tuple[int, ...], int, int]:
+    """One header entry -> (dtype, shape, begin, end), each field checked."""
+    where = f"{file.name}: tensor {name!r}"
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{where}: its header entry is {type(raw).__name__}, not an object")
+    if absent := [k for k in ("dtype", "shape", "data_offsets") if k not in raw]:
+        raise CheckpointError(f"{where}: the header entry has no {', '.join(absent)} (corrupt or not safetensors)")
+    dtype, shape, offsets = raw["dtype"], raw["shape"], raw["data_offsets"]
+    if dtype not in DTYPES:
+        raise CheckpointError(f"{where}: unknown dtype {dtype!r}; safetensors defines {', '.join(DTYPES)}")
+    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+        raise CheckpointError(f"{where}: shape {shape!r} is not a list of integers >= 0")
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(type(o) is int for o in offsets):
+        raise CheckpointError(f"{where}: data_offsets {offsets!r} is not a pair of integers [begin, end]")
+    begin, end = offsets
+    if begin < 0:
+        raise CheckpointError(f"{where}: data_offsets begin at {begin}, before the data section")
+    if end < begin:
+        raise CheckpointError(f"{where}: data_offsets are reversed ({begin} > {end})")
+    need = math.prod(shape) * DTYPES[dtype][1]
+    if end - begin != need:
+        raise CheckpointError(f"{where}: holds {end - begin} bytes, but shape {shape} of {dtype} needs {need}")
+    return dtype, tuple(shape), begin, end
+
+
+def read_header(file: Path) -> tuple[dict, int]:
+    """Parse and check a safetensors header -> ({name: (dtype, shape, begin, end)}, offset of the data)."""
+    file = Path(file)
+    size = file.stat().st_size
+    with open(file, "rb") as f:
+        raw = f.read(8)
+        if len(raw) < 8:
+            raise CheckpointError(f"{file.name}: only {size} bytes, not a safetensors file (truncated download?)")
+        (n,) = struct.unpack("<Q", raw)
+        if n > MAX_HEADER_BYTES:
+            raise CheckpointError(f"{file.name}: header length {n:,} bytes is over the {MAX_HEADER_BYTES:,} "
+                                  "byte cap; this is not a safetensors file (or a corrupt one)")
+        if n > size - 8:
+            raise CheckpointError(f"{file.name}: header of {n} bytes but file has {size} (truncated download?)")
+        text = f.read(n)
+    try:
+        header = json.loads(text.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise CheckpointError(f"{file.name}: the header is not UTF-8 text (byte {e.start}); "
+                              "not a safetensors file, or a corrupt one") from None
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{file.name}: the header is not JSON ({e.msg} at character {e.pos}); "
+                              "not a safetensors file, or a corrupt one") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{file.name}: the header is a JSON {type(header).__name__}, not an object")
+    header.pop("__metadata__", None)
+    entries = {name: _entry(file, name, raw) for name, raw in header.items()}
+    data = size - 8 - n  # bytes in the data section
+    end = max((e[3] for e in entries.values()), default=0)
+    if end > data:
+        last = max(entries, key=lambda k: entries[k][3])
+        raise CheckpointError(
+            f"{file.name}: truncated: tensor {last!r} ends at byte {end:,} of the data section, which holds "
+            f"{data:,} (the file needs {8 + n + end:,} bytes, it has {size:,}). Download the file again.")
+    spans = sorted((e[2], e[3], k) for k, e in entries.items() if e[3] > e[2])  # empty tensors own no bytes
+    for (_, end_a, a), (begin_b, _, b) in zip(spans, spans[1:]):
+        if begin_b < end_a:
+            raise CheckpointError(f"{file.name}: tensor {b!r} overlaps tensor {a!r} (bytes {begin_b}..{end_a} "
+                                  "are claimed by both); the file is corrupt or crafted")
+    return entries, 8 + n
+
+
+def read_tensor(f, entry: tuple, data_start: int) -> torch.Tensor:
+    """Read one checked entry's bytes from an open file straight into a new CPU tensor."""
+    dtype, shape, begin, end = entry
+    if end == begin:
+        return torch.empty(shape, dtype=DTYPES[dtype][0])
+    buffer = bytearray(end - begin)
+    f.seek(data_start + begin)
+    if f.readinto(buffer) != len(buffer):
+        raise CheckpointError(f"{Path(f.name).name}: the file ended inside a tensor's bytes (it changed while loading?)")
+    return torch.frombuffer(buffer, dtype=DTYPES[dtype][0]).reshape(shape)
