@@ -13,6 +13,7 @@ _EXPORTS = {  # public name -> the module that defines it
     "Qwen25VLConfig": "config",
     "VisionConfig": "config",
     "TextConfig": "config",
+    "GenerationConfig": "config",
     "RMSNorm": "layers",
     "SwiGLU": "layers",
     "sample_photo": "samples",
@@ -20,6 +21,7 @@ _EXPORTS = {  # public name -> the module that defines it
     "smart_resize": "preprocess",
     "preprocess_image": "preprocess",
     "preprocess_video": "preprocess",
+    "load_image": "preprocess",
     "VisionTransformer": "vision",
     "PatchEmbed": "vision",
     "patch_positions": "vision",
@@ -46,6 +48,7 @@ _EXPORTS = {  # public name -> the module that defines it
     "QwenTokenizer": "tokenizer",
     "load_pretrained": "weights",
     "count_parameters": "params",
+    "diverge": "stages",
     "vision_flops": "params",
 }
 

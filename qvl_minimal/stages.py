@@ -11,11 +11,18 @@ each module), the output of every stage:
 records them, `run_ours` / `run_reference` run a greedy generation under the hooks, and
 `stage_rels` gives the relative error of each stage. Nothing here imports transformers: the
 reference model is passed in.
+
+`diverge(model_a, model_b, inputs)` (chapter 13) is the same recorder as a debugging tool: one
+forward of each model, every call of every stage recorded, the relative error of each stage and
+the first stage over the tolerance. It works on any two models with the checkpoint's module
+names: ours against ours-with-a-bug, ours against the reference on shared weights, your port
+against either.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -48,17 +55,22 @@ def stage_modules(model, ref) -> dict[str, tuple[nn.Module, nn.Module]]:
 
 
 @contextmanager
-def first_calls(modules: dict[str, nn.Module]):
+def first_calls(modules: dict[str, nn.Module], every: bool = False):
     """Record (args, kwargs, output) of each module's FIRST call while the block runs.
 
     In a generation the first call is the prefill over the whole prompt; the later calls (one
-    new token each) are ignored. The hooks are removed on exit, even after an error.
+    new token each) are ignored. every=True records a list of ALL calls instead (the vision
+    tower runs once for the images and once for the videos). The hooks are removed on exit,
+    even after an error.
     """
-    calls: dict[str, tuple] = {}
+    calls: dict[str, tuple | list] = {}
 
     def hook_for(name):
         def hook(module, args, kwargs, output):
-            calls.setdefault(name, (args, kwargs, output))
+            if every:
+                calls.setdefault(name, []).append((args, kwargs, output))
+            else:
+                calls.setdefault(name, (args, kwargs, output))
         return hook
 
     handles = [m.register_forward_hook(hook_for(n), with_kwargs=True) for n, m in modules.items()]
@@ -143,3 +155,95 @@ def stage_rels(ours: dict, theirs: dict) -> dict[str, float]:
     rels["final norm"] = rel(ours["decoder"], theirs["decoder"])
     rels["logits"] = rel(ours["logits"], theirs["logits"])
     return rels
+
+
+# ----------------------------------------------------------------------------- diverge (chapter 13)
+def _module(model, path: str) -> nn.Module:
+    """The submodule at a checkpoint path ("visual.blocks.0.attn", "model.layers.1.mlp"), in our tree
+    or in the reference's 4.52+ tree (model.visual.*, model.language_model.*)."""
+    from .reference import from_checkpoint_keys  # a pure key mapping: imports no transformers
+
+    for candidate in (path, next(iter(from_checkpoint_keys({path: None})))):
+        try:
+            return model.get_submodule(candidate)
+        except AttributeError:
+            continue
+    raise KeyError(f"no module {path!r} in {type(model).__name__}; give a checkpoint path such as "
+                   "'visual.blocks.0.attn' or 'model.layers.0.self_attn'")
+
+
+def _joined(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """One call: its tensor; several (a tower run for images, then for videos): joined along rows."""
+    return tensors[0] if len(tensors) == 1 else torch.cat([t.flatten(0, -2) for t in tensors])
+
+
+@torch.no_grad()
+def record_stages(model, inputs: dict, paths: list[str] | None = None) -> dict[str, torch.Tensor]:
+    """One forward `model(**inputs)` with hooks -> stage name -> output, in the order the data flows.
+
+    Default stages: patch embedding, vision block 0.., merger, spliced embeddings, position ids,
+    decoder layer 0.., final norm, logits. A stage that never ran (no image: no vision stages) is
+    absent. With `paths` (checkpoint module paths), those modules are recorded instead, each by its
+    path; "PATH:input" records the first input of the module at PATH (bisecting inside a stage).
+    """
+    if paths is None:
+        modules = stages_of(model)
+    else:
+        modules = {p: _module(model, p.removesuffix(":input")) for p in paths}
+    with first_calls(modules, every=True) as calls:
+        out = model(**inputs)
+    stages: dict[str, torch.Tensor] = {}
+    for name in modules:
+        if name not in calls:
+            continue  # this stage did not run on these inputs
+        if paths is not None and name.endswith(":input"):
+            stages[name] = _joined([args[0] if args else next(iter(kw.values())) for args, kw, _ in calls[name]])
+        elif paths is None and name == "decoder":  # the language model's inputs; its output comes last
+            stages["spliced embeddings"], stages["position ids"] = decoder_inputs(calls[name][0])
+        else:
+            stages[name] = _joined([output_of(call) for call in calls[name]])
+    if paths is None:
+        stages["final norm"] = output_of(calls["decoder"][0])  # (B, L, D)
+        stages["logits"] = out if isinstance(out, torch.Tensor) else out.logits  # (B, L, vocab)
+    return stages
+
+
+def stage_rel(a: torch.Tensor | None, b: torch.Tensor | None) -> float:
+    """max |a - b| / max |b| (compare's relative error); inf when a stage is missing or shapes differ."""
+    if a is None or b is None or a.shape != b.shape:
+        return float("inf")
+    return compare("", a, b, check=False, show=False).rel
+
+
+@dataclass
+class Divergence:
+    """Relative error of every stage of model_a against model_b, and the first one over `tol`."""
+
+    rels: dict[str, float]  # stage -> max |a - b| / max |b|, in the order the data flows
+    tol: float  # a stage diverges when its rel >= tol
+
+    @property
+    def first(self) -> str | None:
+        """The first stage whose relative error reaches the tolerance (None: all agree)."""
+        return next((name for name, rel in self.rels.items() if rel >= self.tol), None)
+
+    def __str__(self) -> str:
+        lines = [f"{'PASS' if rel < self.tol else 'FAIL'} {name}: rel={rel:.1e}" for name, rel in self.rels.items()]
+        verdict = f"first divergence: {self.first}" if self.first else f"no divergence: all {len(self.rels)} stages agree"
+        return "\n".join(lines + [f"{verdict} (tol rel < {self.tol:.0e})"])
+
+
+def diverge(model_a, model_b, inputs: dict, tol: float = 1e-5, inputs_b: dict | None = None,
+            paths: list[str] | None = None) -> Divergence:
+    """Run both models on one input, every stage hooked; -> Divergence (rels per stage, .first).
+
+    model_b is the one trusted (the reference, or the library's model): rel = max |a - b| / max |b|;
+    it may also be the dict record_stages(model_b, ...) returned, to reuse one run of it.
+    `inputs` are the keyword arguments of a forward (input_ids, attention_mask, pixel_values,
+    image_grid_thw, pixel_values_videos, video_grid_thw, second_per_grid_ts); `inputs_b` if model_b
+    needs its own. `paths` bisects inside a stage (see record_stages). tol 1e-5 suits float32.
+    """
+    a = record_stages(model_a, inputs, paths)
+    b = model_b if isinstance(model_b, dict) else record_stages(model_b, inputs if inputs_b is None else inputs_b, paths)
+    names = list(b) + [n for n in a if n not in b]  # model_b's order; stages only model_a ran at the end
+    return Divergence({name: stage_rel(a.get(name), b.get(name)) for name in names}, tol)
