@@ -168,3 +168,35 @@ def bound_names(source: str) -> set[str]:
 
 def read_names(source: str) -> set[str]:
     return {node.id for node in ast.walk(_parse(source)) if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load)}
+
+
+def _meaningful(line: str) -> bool:
+    line = line.strip()
+    return len(line) >= 8 and not line.startswith("#")
+
+
+def shown_after(chapter, handout) -> list[tuple[str, list[str]]]:
+    """Solution lines that a code cell of the handout after the exercise still shows: [(exercise cell id, lines)].
+
+    A region of one line (a quiz answer) counts when that line (12 characters or more) appears; a longer
+    region when two of its consecutive lines appear one after the other (a copied block, not a shared
+    `with torch.no_grad():`). Lines the chapter shows before the exercise are the chapter's own build.
+    """
+    order = [cell.get("id") for cell in handout.cells]
+    found = []
+    for cell in chapter.cells:
+        if EXERCISE not in tags(cell) or cell.cell_type != "code" or cell.get("id") not in order:
+            continue
+        later = [c.source for c in handout.cells[order.index(cell.get("id")) + 1 :] if c.cell_type == "code"]
+        later_lines = [[line.strip() for line in source.split("\n")] for source in later]
+        pairs = {pair for lines in later_lines for pair in zip(lines, lines[1:])}
+        singles = {line for lines in later_lines for line in lines}
+        source_lines = cell.source.split("\n")
+        for begin, end in solution_regions(cell.source, "cell"):
+            lines = [line.strip() for line in source_lines[begin + 1 : end] if _meaningful(line)]
+            if len(lines) == 1 and len(lines[0]) >= 12 and lines[0] in singles:
+                found.append((cell.get("id"), lines))
+            shown = [pair for pair in zip(lines, lines[1:]) if pair in pairs]
+            if shown:
+                found.append((cell.get("id"), [line for pair in shown for line in pair]))
+    return found

@@ -7,9 +7,9 @@
         -> a note on top says it is a handout, lists its exercises and how to check them
         -> labs/handouts/NN_*.ipynb, one per chapter that has exercises
 
-Malformed markers (BEGIN without END, END without BEGIN, nested regions, a marker with other text
-on its line, markers in a cell not tagged `exercise`, an `exercise` code cell with no region)
-raise MarkerError naming the notebook and cell: a handout is never written with an answer in it.
+Malformed markers in code cells (BEGIN without END, END without BEGIN, nested regions, a marker with
+other text on its line, markers in a cell not tagged `exercise`, an `exercise` code cell with no
+region) raise MarkerError naming the notebook and cell: a handout is never written with an answer in it.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def validate(nb, name: str) -> None:
     ids = []
     for index, cell in enumerate(nb.cells):
         where, cell_tags = f"{name}, cell {index} (id {cell.get('id')})", tags(cell)
-        regions = solution_regions(cell.source, where)
+        regions = solution_regions(cell.source, where) if cell.cell_type == "code" else []  # prose may name them
         if regions and EXERCISE not in cell_tags:
             raise MarkerError(f"{where}: solution markers in a cell not tagged {EXERCISE!r}; tag it, or remove the "
                               f"markers (a solution-only cell is tagged {SOLUTION!r} and dropped whole)")
@@ -95,9 +95,6 @@ def validate(nb, name: str) -> None:
         if EXERCISE in cell_tags and cell.cell_type == "code" and not regions:
             raise MarkerError(f"{where}: an {EXERCISE!r} cell with no {BEGIN!r} ... {END!r} region: the handout "
                               f"would show the whole answer")
-        if regions and cell.cell_type != "code":
-            raise MarkerError(f"{where}: solution markers in a {cell.cell_type} cell; answers that are prose go in "
-                              f"a cell tagged {SOLUTION!r}")
         if CHECK in cell_tags:
             found = CHECK_CALL.search(cell.source)
             if found is None:
