@@ -23,9 +23,11 @@ from qvl_minimal.__main__ import main
 from qvl_minimal.labs import assert_answer, assert_tensor_matches, check, exercise
 from qvl_minimal.labs.grade import FAIL, NOT_ATTEMPTED, NOT_RUN, PASS, execute, score
 from qvl_minimal.labs.handouts import (BEGIN, CHECK, CHECK_CALL, END, EXERCISE, SOLUTION, MarkerError, check_ids,
-                                       make_handout, solution_regions, strip_solutions, tags, write_handouts)
+                                       exercise_table, make_handout, solution_regions, strip_solutions, tags,
+                                       write_handouts)
 
 NUMBERED = sorted(p.name for p in CHAPTERS.glob("[0-9][0-9]_*.ipynb"))
+TABLE_BEGIN, TABLE_END = "<!-- exercise table: python -m qvl_minimal handouts --table -->", "<!-- end of the exercise table -->"
 GRADED_CHAPTER = "03_vision_rope.ipynb"  # a quick chapter: graded three times in test_grade_three_submissions
 
 
@@ -323,3 +325,15 @@ def test_grade_three_submissions(handouts, tmp_path):
         row = rows[str(path)]
         assert {i: row[i] for i in ids} == {i: PASS if i in done else NOT_ATTEMPTED for i in ids}, path.name
         assert row["passed"] == f"{len(done)}/{len(ids)}" and row["note"] == ""
+
+
+def test_instructor_guide_table_matches_the_chapters():
+    """labs/README.md's exercise table is `python -m qvl_minimal handouts --table` (check times filled by hand)."""
+    guide = (CHAPTERS.parent / "labs" / "README.md").read_text()
+    begin, end = guide.index(TABLE_BEGIN) + len(TABLE_BEGIN), guide.index(TABLE_END)
+
+    def without_times(table: str) -> list[str]:
+        return [row.rsplit("|", 2)[0] for row in table.strip().splitlines()]
+
+    assert without_times(guide[begin:end]) == without_times(exercise_table(CHAPTERS)), \
+        "labs/README.md: paste the output of `python -m qvl_minimal handouts --table` between its table markers"

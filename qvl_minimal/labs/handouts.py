@@ -176,14 +176,36 @@ def write_handouts(chapters: Path, out: Path) -> list[tuple[Path, int, list[str]
     return made
 
 
-def exercise_table(chapters: Path) -> str:
-    """The instructor guide's table (markdown): one row per exercise of every chapter."""
-    rows = ["| chapter | exercise | what the student writes |", "|---|---|---|"]
+def exercises_of(nb) -> list[tuple[str, str, int]]:
+    """[(id, kind, solution lines)] of a chapter: kind "build" when the student writes inside a function or
+    class (an indented region), "quiz" when the answer is assigned at top level."""
+    found, kind, lines = [], "quiz", 0
+    for cell in nb.cells:
+        if EXERCISE in tags(cell) and cell.cell_type == "code":
+            source = cell.source.split("\n")
+            for begin, end in solution_regions(cell.source, "cell"):
+                kind = "build" if source[begin].startswith((" ", "\t")) else kind
+                lines += sum(1 for line in source[begin + 1 : end] if line.strip() and not line.strip().startswith("#"))
+        if CHECK in tags(cell):
+            found_id = CHECK_CALL.search(cell.source)
+            if found_id:
+                found.append((found_id.group(1), kind, lines))
+            kind, lines = "quiz", 0
+    return found
+
+
+def exercise_table(chapters: Path, check_seconds: dict[str, str] | None = None) -> str:
+    """The instructor guide's table (markdown), one row per exercise; the last column holds measured
+    check times when given (tests compare every other column with the chapters)."""
+    check_seconds = check_seconds or {}
+    rows = ["| chapter | exercise | what the student writes | kind | solution lines | check time |",
+            "|---|---|---|---|---|---|"]
     for path in chapter_notebooks(chapters):
-        nb = nbformat.read(path, as_version=4)
-        ids = [i for i in check_ids(nb) if i]
-        for exercise_id, title in exercise_titles(ids).items():
-            rows.append(f"| {path.stem} | {exercise_id} | {title} |")
+        found = exercises_of(nbformat.read(path, as_version=4))
+        titles = exercise_titles([exercise_id for exercise_id, _, _ in found])
+        for exercise_id, kind, lines in found:
+            rows.append(f"| {path.stem} | {exercise_id} | {titles[exercise_id]} | {kind} | {lines} | "
+                        f"{check_seconds.get(exercise_id, '')} |")
     return "\n".join(rows)
 
 
