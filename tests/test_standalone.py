@@ -57,13 +57,13 @@ def _notebook_sources(path: Path) -> list[tuple[str, str, str]]:
 
 
 def book_files() -> list[Path]:
-    """Every file a reader gets: chapters, READMEs, pyproject, environment, library, tests, figures' notes."""
+    """Every file a reader gets: chapters, READMEs, pyproject, environment, library, tests, figures, labs."""
     files = sorted(CHAPTERS.glob("*.ipynb")) + sorted(ROOT.glob("*.md")) + sorted(CHAPTERS.glob("*.py"))
     files += [p for p in (ROOT / "pyproject.toml", ROOT / "environment.yml") if p.exists()]
-    for folder in ("qvl_minimal", "tests", "figures"):
+    for folder in ("qvl_minimal", "tests", "figures", "labs"):
         files += sorted(p for p in (ROOT / folder).rglob("*")
-                        if p.is_file() and p.suffix in TEXT_SUFFIXES and "__pycache__" not in p.parts
-                        and not p.name.startswith("."))
+                        if p.is_file() and p.suffix in TEXT_SUFFIXES and not p.name.startswith(".")
+                        and not {"__pycache__", "handouts"} & set(p.parts))  # handouts: generated from the chapters
     return files
 
 
