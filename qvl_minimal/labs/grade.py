@@ -5,9 +5,9 @@
            (errors allowed, one time limit for the whole notebook, no network, QVL_STANDIN=1)
         -> every check cell (tag `check`, `check("04.1", ...)`) gets a status:
              pass           its output has the line `PASS 04.1 ...` and no error
-             not attempted  it raised NotImplementedError (the stub is still there), or NameError
-                            after an exercise cell that raised NotImplementedError (a top-level stub
-                            never defined the answer)
+             not attempted  it raised NotImplementedError (the stub is still there), or any error
+                            after an exercise cell that raised NotImplementedError (a quiz whose stub
+                            at top level left the answer undefined, or None)
              fail           anything else: AssertionError (the answer is wrong), another error,
                             no PASS line
              not run        the notebook stopped before this cell: time limit, or the kernel died
@@ -110,7 +110,7 @@ def score(nb) -> dict[str, str]:
             status = NOT_RUN
         elif not errors and any(line.startswith(f"PASS {exercise_id}") for line in _text(cell).splitlines()):
             status = PASS
-        elif "NotImplementedError" in errors or ("NameError" in errors and stub_raised):
+        elif "NotImplementedError" in errors or (errors and stub_raised):
             status = NOT_ATTEMPTED
         else:
             status = FAIL
