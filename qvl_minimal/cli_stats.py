@@ -44,7 +44,7 @@ class RunStats:
         self.decode_tokens_per_second: float | None = None
 
     def _now(self) -> float:
-        if self.device.type == "cuda":
+        if self.device.type == "cuda" and torch.cuda.is_available():
             torch.cuda.synchronize(self.device)
         return time.perf_counter()
 
@@ -95,7 +95,7 @@ class RunStats:
         figures = {"tokens": dict(self.tokens), "seconds": {k: round(v, 4) for k, v in self.seconds.items()},
                    "decode_tokens_per_second": self.decode_tokens_per_second,
                    "peak_memory_mb": None if peak is None else round(peak / 2**20, 1)}
-        if self.device.type == "cuda":
+        if self.device.type == "cuda" and torch.cuda.is_available():
             figures["gpu_peak_memory_mb"] = round(torch.cuda.max_memory_allocated(self.device) / 2**20, 1)
         return figures
 

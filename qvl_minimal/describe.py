@@ -33,6 +33,7 @@ def configure(parser) -> None:
     parser.description = __doc__.split("\n")[0].strip("`").split("`: ")[-1]
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = EXAMPLES
+    parser.error = lambda message: parser.exit(2, f"error: {message} (see {parser.prog} --help)\n")  # one line
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
                         help="image files (JPEG, PNG, ...), then video files (.mp4, .mkv, .webm, ...) or folders "
                              "of frames; the prompt shows them in this order")

@@ -1,13 +1,13 @@
 """Video inputs for the command line: a video file (decoded with PyAV) or a folder of frames.
 
     open_video(path, fps) -> VideoFile | FrameFolder   (header only: size, frame count, frame rate)
-    source.read(indices)  -> the frames at `indices`, one at a time, as (H, W, 3) uint8 / PIL images
+    source.frames()       -> a generator of every frame, one at a time: (H, W, 3) uint8 / PIL images
     preprocess_source(source, fps) -> (pixel_values_videos (N, 1176), video_grid_thw (1, 3),
                                        second_per_grid_ts (1,))  via preprocess.preprocess_video
 
-A video file is decoded from start to end once and only the sampled frames are converted to
-RGB and kept: at 2 frames per second of a 24 fps clip that is 1 frame in 12, so memory grows
-with the frames kept, not with the length of the clip. PyAV (pip package `av`) carries its own
+A video file is decoded from start to end once; preprocess_video keeps only the sampled frames
+(resized) as they go by: at 2 frames per second of a 24 fps clip that is 1 frame in 12, so memory
+grows with the frames kept, not with the length of the clip. PyAV (pip package `av`) carries its own
 FFmpeg; it is optional (`pip install qvl-minimal[video]`). A folder of frames needs only Pillow:
 its image files, in natural order (frame_2 before frame_10), are taken as frames filmed at
 `fps` frames per second (default 2, what `ffmpeg -i clip.mp4 -vf fps=2 frame_%04d.jpg` writes),
@@ -16,13 +16,14 @@ so every frame is used (an odd last one is dropped, more than 768 are thinned).
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
 
-from .preprocess import preprocess_video, sample_frame_indices
+from .preprocess import load_image, preprocess_video
 
 VIDEO_SUFFIXES = {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".flv", ".wmv", ".3gp"}
 EXIF_ORIENTATION = 0x0112  # values 5..8 turn the picture by 90 degrees: width and height swap
@@ -41,17 +42,6 @@ def is_video_path(path: Path) -> bool:
 def natural_key(path: Path) -> list:
     """frame_2.jpg before frame_10.jpg: digits compare as numbers."""
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
-
-
-def open_image_file(path: Path) -> Image.Image:
-    """Open a still image from disk: `preprocess.load_image` where the library has it, else Pillow."""
-    from . import preprocess
-
-    if hasattr(preprocess, "load_image"):
-        return preprocess.load_image(path)
-    with Image.open(path) as image:
-        image.load()  # read the pixels now: a broken file fails here, not later
-        return image.copy()
 
 
 def oriented_size(path: Path) -> tuple[int, int]:
@@ -98,22 +88,14 @@ class VideoFile:
                              "`ffmpeg -i FILE -vf fps=2 frames/%04d.jpg` and pass the folder")
         return cls(path, width, height, total, float(rate))
 
-    def read(self, indices: list[int]):
-        """The frames at the sorted `indices`, as (H, W, 3) uint8 arrays, decoding the file once."""
-        av, wanted = _import_av(), iter(indices)
-        target = next(wanted, None)
+    def frames(self):
+        """Every frame, in order, as (H, W, 3) uint8 arrays, decoded one at a time."""
+        av = _import_av()
         with av.open(str(self.path)) as container:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"  # decode with several threads
-            for index, frame in enumerate(container.decode(stream)):
-                if target is None:
-                    return
-                if index == target:
-                    yield frame.to_ndarray(format="rgb24")  # (H, W, 3) uint8: only kept frames are converted
-                    target = next(wanted, None)
-        if target is not None:
-            raise VideoError(f"{self.path}: the file ended before frame {target} (its header says "
-                             f"{self.total_frames} frames); re-encode it, e.g. `ffmpeg -i IN -c:v libx264 OUT.mp4`")
+            for frame in itertools.islice(container.decode(stream), self.total_frames):
+                yield frame.to_ndarray(format="rgb24")  # (H, W, 3) uint8
 
 
 @dataclass
@@ -141,7 +123,7 @@ class FrameFolder:
         for file in files:
             try:
                 sizes.setdefault(oriented_size(file), file)
-            except (OSError, ValueError) as err:  # PIL's UnidentifiedImageError is an OSError
+            except (OSError, ValueError, Image.DecompressionBombError) as err:  # UnidentifiedImageError: OSError
                 raise VideoError(f"cannot read the frame {file} ({err}); remove it or replace it") from None
         if len(sizes) > 1:
             (size_a, file_a), (size_b, file_b) = list(sizes.items())[:2]
@@ -150,10 +132,9 @@ class FrameFolder:
         (width, height), = sizes
         return cls(path, width, height, files, video_fps)
 
-    def read(self, indices: list[int]):
-        """The frames at `indices`, as PIL images, one file at a time."""
-        for index in indices:
-            yield open_image_file(self.files[index])
+    def frames(self):
+        """Every frame, in order, as PIL images, one file at a time."""
+        return map(load_image, self.files)
 
 
 def open_video(path: Path, fps: float) -> VideoFile | FrameFolder:
@@ -162,14 +143,9 @@ def open_video(path: Path, fps: float) -> VideoFile | FrameFolder:
 
 
 def preprocess_source(source: VideoFile | FrameFolder, fps: float = 2.0):
-    """Sample `source` at `fps` frames per second and preprocess the frames as preprocess_video does.
-
-    Only the sampled frames are read and kept. preprocess_video takes the whole clip as a list
-    and samples it with the same rule, so we hand it a list whose sampled slots hold the frames
-    we kept and whose other slots all point to one of them (no copies): it picks exactly ours.
-    """
-    indices, _ = sample_frame_indices(source.total_frames, source.video_fps, fps)
-    kept = dict(zip(indices, source.read(indices)))
-    first = kept[indices[0]]
-    clip = [kept.get(i, first) for i in range(source.total_frames)]  # total_frames references, not copies
-    return preprocess_video(clip, source.video_fps, fps)
+    """Sample `source` at `fps` frames per second with preprocess_video, reading it once, frame by frame."""
+    try:
+        return preprocess_video(source.frames(), source.video_fps, fps, total_frames=source.total_frames)
+    except ValueError as err:  # fewer frames than the header says, a frame of another size
+        raise VideoError(f"{source.path}: {err}; re-encode it, e.g. `ffmpeg -i IN -c:v libx264 OUT.mp4`, "
+                         "or extract its frames into a folder") from None
