@@ -1,6 +1,6 @@
 """The command line: `python -m qvl_minimal COMMAND ...` (or `qvl COMMAND ...`).
 
-    python -m qvl_minimal describe IMAGE [--question TEXT] [--checkpoint DIR] ...
+    python -m qvl_minimal describe IMAGE... | VIDEO [--question TEXT] [--checkpoint DIR] [--json] ...
     python -m qvl_minimal figures [--out figures/]
     python -m qvl_minimal site [--out _site/]
 
@@ -15,7 +15,7 @@ import importlib
 import sys
 
 COMMANDS = {  # name -> (module, one line of help)
-    "describe": ("qvl_minimal.describe", "answer a question about a photo with a checkpoint"),
+    "describe": ("qvl_minimal.describe", "answer a question about photos or a video with a checkpoint"),
     "figures": ("qvl_minimal.figures", "draw every figure of the book into a folder"),
     "site": ("qvl_minimal.website", "build the book as a static website from the stored notebooks"),
     "handouts": ("qvl_minimal.labs.handouts", "write the student version of every chapter with exercises"),
