@@ -123,7 +123,8 @@ _library = {"window_index": vision.window_index, "get_rope_index": model_module.
 
 
 def _vision_rotary_sign(m):
-    _swap(m.visual, layers, "rotate_half", _rotate_half_sign)
+    for block in m.visual.blocks:
+        _swap(block.attn, layers, "rotate_half", _rotate_half_sign)
 
 
 def _merger_order(m):  # the tower returns x, not x[argsort(index)]: tokens stay in window order
