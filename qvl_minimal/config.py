@@ -61,6 +61,46 @@ class TextConfig:
 
 
 @dataclass(frozen=True)
+class GenerationConfig:
+    """generation_config.json: how the checkpoint's authors decode. `generate` stops on any of
+    eos_token_id and pads with pad_token_id by default; the sampling values are listed for the
+    caller (generate(temperature=..., top_p=...); it has no top_k or repetition penalty)."""
+
+    eos_token_id: tuple[int, ...] = (151645, 151643)  # <|im_end|> and <|endoftext|>: either ends a row
+    pad_token_id: int = 151643  # <|endoftext|> fills the rows that have finished
+    do_sample: bool = False  # the released checkpoints say True, with top_k 1: in effect greedy
+    temperature: float = 1.0  # released: 0.1
+    top_p: float = 1.0  # released: 0.001
+    top_k: int = 0  # 0 = no cut; released: 1
+    repetition_penalty: float = 1.0  # released: 1.05
+
+    @staticmethod
+    def for_config(config: "Qwen25VLConfig") -> "GenerationConfig":
+        """Without a generation_config.json: stop on eos (<|im_end|>) and bos (<|endoftext|>), as the
+        released file does, and pad with <|endoftext|>."""
+        eos = tuple(dict.fromkeys((config.eos_token_id, config.bos_token_id)))
+        return GenerationConfig(eos_token_id=eos, pad_token_id=config.bos_token_id)
+
+    @staticmethod
+    def from_pretrained(path: str | Path, config: "Qwen25VLConfig | None" = None) -> "GenerationConfig":
+        """Read a checkpoint's generation_config.json (the folder or the file); missing: the defaults."""
+        file = Path(path) / "generation_config.json" if Path(path).is_dir() else Path(path)
+        base = GenerationConfig() if config is None else GenerationConfig.for_config(config)
+        if not file.is_file():
+            return base
+        try:
+            raw = json.loads(file.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{file}: not JSON ({e}); delete it to use the defaults") from None
+        values = {f.name: raw[f.name] for f in fields(GenerationConfig) if raw.get(f.name) is not None}
+        eos = values.get("eos_token_id", base.eos_token_id)
+        values["eos_token_id"] = tuple(eos) if isinstance(eos, (list, tuple)) else (eos,)
+        if not all(type(i) is int and i >= 0 for i in values["eos_token_id"]):
+            raise ValueError(f"{file}: eos_token_id {eos!r} must be a token id or a list of them")
+        return replace(base, **values)
+
+
+@dataclass(frozen=True)
 class Qwen25VLConfig:
     vision_config: VisionConfig  # the vision tower and merger
     text_config: TextConfig  # the language model
@@ -97,6 +137,13 @@ class Qwen25VLConfig:
             )
         text = dict(raw.get("text_config") or raw)  # nested form (newer writers) or flat form
         rope = text.get("rope_scaling") or raw.get("rope_scaling") or {}
+        kind = rope.get("type") or rope.get("rope_type") or "mrope"
+        if kind not in ("mrope", "default"):  # newer writers store M-RoPE as rope_type "default"
+            raise ValueError(
+                f"{source}: rope_scaling of type {kind!r} is not implemented here: qvl_minimal computes plain "
+                f"M-RoPE, and ignoring {kind!r} would silently change every position past the trained length. "
+                "Remove the scaling from config.json (keep {'type': 'mrope', 'mrope_section': [16, 24, 24]}) "
+                "and keep prompts within 32,768 tokens, or use an implementation that supports it")
         if "mrope_section" in rope:
             text["mrope_section"] = tuple(rope["mrope_section"])
         if "tie_word_embeddings" in raw:  # kept at the top level in both forms

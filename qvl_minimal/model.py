@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import Qwen25VLConfig
+from .config import GenerationConfig, Qwen25VLConfig
 from .positions import get_rope_index
 from .text import KVCache, TextModel
 from .vision import VisionTransformer
@@ -51,6 +51,7 @@ class Qwen25VL(nn.Module):
     def __init__(self, config: Qwen25VLConfig):
         super().__init__()
         self.config = config
+        self.generation_config = GenerationConfig.for_config(config)  # load_pretrained reads the checkpoint's
         self.visual = VisionTransformer(config.vision_config)
         self.model = TextModel(config.text_config)
         if not config.text_config.tie_word_embeddings:
@@ -133,7 +134,8 @@ class Qwen25VL(nn.Module):
 
         Greedy (argmax) when temperature == 0, else sampling from softmax(logits / temperature)
         restricted to the smallest set of tokens whose probability reaches top_p. A row stops
-        at eos (<|im_end|>, or any id of `eos_token_id`); afterwards it is filled with pad
+        at eos (any id of `eos_token_id`, by default model.generation_config's: <|im_end|> and
+        <|endoftext|>); afterwards it is filled with pad
         (<|endoftext|>) until every row has stopped. Batches must be LEFT padded, so that every
         row's next token goes at the end. A new token at cache position p gets the position id
         p + delta on all three axes (delta = last prompt id + 1 - L from get_rope_index: an image
@@ -144,8 +146,9 @@ class Qwen25VL(nn.Module):
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         if temperature < 0 or not 0 < top_p <= 1:
             raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {temperature} and {top_p}")
-        eos = torch.tensor(self.config.eos_token_id if eos_token_id is None else eos_token_id).flatten()
-        pad = self.config.bos_token_id if pad_token_id is None else pad_token_id  # <|endoftext|> pads
+        defaults = self.generation_config  # generation_config.json: stop on <|im_end|> or <|endoftext|>
+        eos = torch.tensor(defaults.eos_token_id if eos_token_id is None else eos_token_id).flatten()
+        pad = defaults.pad_token_id if pad_token_id is None else pad_token_id  # <|endoftext|> pads
         B = input_ids.shape[0]
         attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
         if attention_mask.shape == input_ids.shape and input_ids.ndim == 2 and not attention_mask[:, -1].all():

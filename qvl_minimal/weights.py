@@ -16,12 +16,13 @@ from __future__ import annotations
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from .config import Qwen25VLConfig
+from .config import GenerationConfig, Qwen25VLConfig
 from .dtypes import choose_dtype
 from .model import Qwen25VL
 from .safetensors_io import DTYPES, CheckpointError, read_header, read_tensor  # noqa: F401 (re-exported)
@@ -102,41 +103,129 @@ def _set_tensor(model: torch.nn.Module, name: str, tensor: torch.Tensor) -> None
     setattr(model.get_submodule(module_name), attr, torch.nn.Parameter(tensor, requires_grad=False))
 
 
+# Two layouts of tensor names are in circulation. The released checkpoints (and transformers' own
+# save_pretrained before 4.52 and again from 4.53) write visual.*, model.*, lm_head.weight: our
+# module names. transformers 4.52.x wrote model.visual.* and model.language_model.*, and
+# fine-tuning tools built on it still do; those names are renamed on load.
+RENAMES_452 = (("model.language_model.", "model."), ("model.visual.", "visual."))
+
+
+def checkpoint_layout(names, where: str = "checkpoint"):
+    """The layout of these tensor names -> (one line saying which, a function: stored name -> ours)."""
+    new = {n for n in names if n.startswith(tuple(old for old, _ in RENAMES_452))}
+    if not new:
+        return "the hub's layout (visual.*, model.*, lm_head.weight)", lambda name: name
+    hub = sorted(n for n in set(names) - new if n != "lm_head.weight")
+    if hub:
+        raise CheckpointError(f"{where}: the tensor names mix two layouts: {sorted(new)[0]!r} (transformers "
+                              f"4.52) beside {hub[0]!r} (the hub's); the checkpoint was assembled from two sources")
+
+    def rename(name: str) -> str:
+        for old, ours in RENAMES_452:
+            if name.startswith(old):
+                return ours + name.removeprefix(old)
+        return name
+
+    return "transformers 4.52's layout (model.visual.*, model.language_model.*), renamed on load", rename
+
+
+def _same_tensor(a: tuple, b: tuple, chunk: int = 1 << 26) -> bool:
+    """Do two stored tensors, each (file, entry, data_start), hold the same values? Bytes compared
+    chunk by chunk (no second copy of a 600 MB table); different dtypes compared as float32."""
+    (file_a, entry_a, start_a), (file_b, entry_b, start_b) = a, b
+    if entry_a[1] != entry_b[1]:
+        return False
+    with open(file_a, "rb") as fa, open(file_b, "rb") as fb:
+        if entry_a[0] != entry_b[0]:
+            return torch.equal(read_tensor(fa, entry_a, start_a).float(), read_tensor(fb, entry_b, start_b).float())
+        fa.seek(start_a + entry_a[2])
+        fb.seek(start_b + entry_b[2])
+        left = entry_a[3] - entry_a[2]
+        while left:
+            n = min(chunk, left)
+            if fa.read(n) != fb.read(n):
+                return False
+            left -= n
+    return True
+
+
+def _check_stored_head(head: tuple, embed: tuple, folder: Path, progress: bool) -> None:
+    """A tied checkpoint that also stores lm_head.weight: fine if it equals the embedding table."""
+    if _same_tensor(head, embed):
+        if progress:
+            print("lm_head.weight is stored too and equals model.embed_tokens.weight: one table kept "
+                  "(tie_word_embeddings)", file=sys.stderr)
+        return
+    raise CheckpointError(
+        f"{head[0].name}: 'lm_head.weight' differs from 'model.embed_tokens.weight', but {folder.name}/config.json "
+        "says tie_word_embeddings: true (the head IS the embedding table), so the stored head would be dropped "
+        "and the answers would change. If the head was trained apart, set \"tie_word_embeddings\": false in "
+        "config.json and load again; otherwise the checkpoint is inconsistent.")
+
+
+FLOAT16_REFUSAL = (
+    "float16 is refused: the vision tower of the released 3B overflows it (block 31's MLP down "
+    "projection reaches -inf; llama.cpp issue 17534), so every answer about an image is garbage. Use "
+    "bfloat16 (the same memory, float32's range) or float32; allow_float16=True loads it anyway.")
+
+
 @torch.no_grad()
 def load_pretrained(path=None, dtype: torch.dtype | str | None = None, device: str = "cpu",
-                    progress: bool = True) -> Qwen25VL:
+                    progress: bool = True, allow_float16: bool = False) -> Qwen25VL:
     """Load a Qwen2.5-VL checkpoint folder into our model, one tensor at a time.
 
     dtype None picks what is best for the device (`dtypes.choose_dtype`: bfloat16 on a GPU and on a
     CPU with native bfloat16 matrix products, float32 on other CPUs; $QVL_DTYPE overrides) and
-    prints one line saying which and why. Every tensor is checked against the model:
-    a missing or unexpected name, a wrong shape or a truncated shard is an error naming it.
+    prints one line saying which and why; float16 is refused (FLOAT16_REFUSAL). Every tensor is
+    checked against the model: a missing, unexpected or repeated name, a wrong shape or a broken
+    shard is an error naming it. Both layouts of names load (checkpoint_layout; one line says which).
+    A tied checkpoint may also store lm_head.weight if it equals the embedding table.
+    generation_config.json is read into `model.generation_config` (the eos ids generate stops on).
     """
     folder = find_checkpoint(path)
     config = Qwen25VLConfig.from_pretrained(folder)
     dtype, why = choose_dtype(device, dtype)
+    if dtype == torch.float16:
+        if not allow_float16:
+            raise ValueError(FLOAT16_REFUSAL)
+        warnings.warn(FLOAT16_REFUSAL.replace("is refused", "was allowed"), stacklevel=2)
     if progress:
         print(f"computing in {str(dtype).removeprefix('torch.')}: {why}", file=sys.stderr)
     with torch.device("meta"):
         model = Qwen25VL(config)
+    model.generation_config = GenerationConfig.from_pretrained(folder, config)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    loaded: set[str] = set()
     shards = shard_files(folder)
+    headers = {file: read_header(file) for file in shards}  # every header checked before any weight is read
+    layout, rename = checkpoint_layout([n for entries, _ in headers.values() for n in entries], folder.name)
+    if progress:
+        print(f"checkpoint layout: {layout}", file=sys.stderr)
+    tied = config.text_config.tie_word_embeddings
+    where: dict[str, tuple] = {}  # our name -> (file, entry, data_start) of what was loaded
     for file, names in tqdm(shards.items(), desc="loading shards", unit="shard", disable=not progress):
-        entries, data_start = read_header(file)
+        entries, data_start = headers[file]
         if names is not None and (absent := sorted(set(names) - entries.keys())):
             raise CheckpointError(f"{file.name}: the index lists {absent[:3]} here, but the file does not hold them")
         with open(file, "rb") as f:
-            for name, entry in entries.items():
+            for stored, entry in entries.items():
+                name = rename(stored)
+                if name in where:
+                    raise CheckpointError(f"{file.name}: tensor {stored!r} is stored a second time "
+                                          f"(also in {where[name][0].name})")
+                if tied and name == "lm_head.weight":
+                    where[name] = (file, entry, data_start)  # compared with the embedding table below
+                    continue
                 if name not in expected:
-                    raise CheckpointError(f"{file.name}: unexpected tensor {name!r} (not part of this model)")
+                    raise CheckpointError(f"{file.name}: unexpected tensor {stored!r} (not part of this model)")
                 if entry[1] != expected[name]:
                     raise CheckpointError(
-                        f"{file.name}: tensor {name!r} has shape {entry[1]}, the config says {expected[name]}; "
+                        f"{file.name}: tensor {stored!r} has shape {entry[1]}, the config says {expected[name]}; "
                         "the config.json and the weights belong to different models"
                     )
                 _set_tensor(model, name, read_tensor(f, entry, data_start).to(device=device, dtype=dtype))
-                loaded.add(name)
-    if missing := sorted(expected.keys() - loaded):
+                where[name] = (file, entry, data_start)
+    if missing := sorted(expected.keys() - where.keys()):
         raise CheckpointError(f"{folder.name}: {len(missing)} tensors missing from the checkpoint, e.g. {missing[:3]}")
+    if tied and "lm_head.weight" in where:
+        _check_stored_head(where["lm_head.weight"], where["model.embed_tokens.weight"], folder, progress)
     return model.eval()
