@@ -3,10 +3,13 @@
 Five steps, the same for a photo and for the frames of a video:
 
 1. to RGB: any PIL mode becomes 3 channels with `image.convert("RGB")`, exactly as the reference
-   processor does. An alpha channel is simply dropped (the colour under transparent pixels shows);
-   the official helper `qwen-vl-utils` instead pastes RGBA images onto white first: call
+   processor does. An alpha channel is simply dropped (the colour under transparent pixels shows),
+   and so is a palette or grey image's transparent colour ('P' with "transparency"): the same as
+   RGBA. The official helper `qwen-vl-utils` instead pastes RGBA images onto white first: call
    `paste_on_white(image)` yourself to get that behaviour. 16-bit images ('I;16') are clipped to
    255 by PIL's conversion (the reference does the same): scale them to 8 bits first.
+   A FILE is best opened with `load_image(path)`: it applies the EXIF orientation, pastes every
+   kind of transparency on white, scales 16-bit grey to 8 bits and refuses decompression bombs.
 2. `smart_resize`: pick a size whose sides are multiples of 28 (= one 2 x 2 merge unit of 14 px
    patches), close to the original aspect ratio, with a pixel count inside [min_pixels, max_pixels].
 3. bicubic resize with PIL (the reference resizes with PIL too, so the numbers agree exactly).
@@ -19,11 +22,13 @@ Five steps, the same for a photo and for the frames of a video:
 from __future__ import annotations
 
 import math
+import warnings
+from collections import Counter
 
 import numpy as np
 import torch
 from einops import rearrange
-from PIL import Image
+from PIL import Image, ImageOps
 
 PATCH = 14  # a patch is 14 x 14 pixels
 TEMPORAL = 2  # ... and 2 frames deep
@@ -74,6 +79,65 @@ def paste_on_white(image: Image.Image) -> Image.Image:
     white = Image.new("RGB", image.size, (255, 255, 255))
     white.paste(image, mask=image.getchannel("A"))
     return white
+
+
+class ImageFileError(ValueError):
+    """An image file that cannot be used; the message names the file and the fix."""
+
+
+SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # grey, 0..65535 (PNG's 16-bit grey opens as I;16)
+
+
+def load_image(path) -> Image.Image:
+    """Open an image FILE as the model should see it -> a PIL image in mode RGB.
+
+    1. The EXIF orientation is applied (ImageOps.exif_transpose), as transformers' and qwen-vl-utils'
+       loading helpers do: a phone photo tagged "rotate 90" comes out upright, not sideways.
+    2. Transparency of any kind (RGBA, LA, PA, a palette / grey / RGB image with a transparent
+       colour) is pasted on white, as qwen-vl-utils does (`paste_on_white`).
+    3. 16-bit grey (mode I;16, or I with values in 0..65535) is scaled to 8 bits, v * 255 / 65535
+       rounded (PIL's own conversion would clip everything above 255 to white); other wide modes
+       (F, I outside 0..65535) are an error. Everything else: convert("RGB").
+    An image already open (preprocess_image(image)) is only converted, as the reference processor does.
+    Errors: FileNotFoundError; ImageFileError (a ValueError) for a file that is not an image, is
+    truncated, or has more pixels than Pillow's decompression-bomb limit (PIL.Image.MAX_IMAGE_PIXELS).
+    """
+    limit = Image.MAX_IMAGE_PIXELS
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # checked below, as an error
+            image = Image.open(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no image file {path}") from None
+    except Image.DecompressionBombError as err:
+        raise ImageFileError(f"{path}: {err} A small file that unpacks to a huge image; if you trust it, "
+                             "raise PIL.Image.MAX_IMAGE_PIXELS or shrink the image first.") from None
+    except OSError as err:  # UnidentifiedImageError, a directory, a header cut short
+        raise ImageFileError(f"{path}: not an image Pillow can read, or a damaged one ({err})") from None
+    with image:
+        width, height = image.size
+        if limit and width * height > limit:
+            raise ImageFileError(f"{path}: {width} x {height} = {width * height:,} pixels is over Pillow's "
+                                 f"decompression-bomb limit of {limit:,} (a small file can unpack to a huge "
+                                 "image); if you trust it, raise PIL.Image.MAX_IMAGE_PIXELS or shrink it first.")
+        try:
+            image.load()
+        except OSError as err:
+            raise ImageFileError(f"{path}: the file is damaged or truncated ({err}); download it again") from None
+        image = ImageOps.exif_transpose(image)  # a new image, upright
+    if image.mode in SIXTEEN_BIT:
+        values = np.asarray(image)
+        if values.size and (values.min() < 0 or values.max() > 65535):
+            raise ImageFileError(f"{path}: mode {image.mode!r} with values {values.min()}..{values.max()}, outside "
+                                 "16-bit 0..65535: scale it to 8 bits yourself")
+        grey = (values.astype(np.float64) * (255 / 65535)).round().astype(np.uint8)  # (h, w)
+        return Image.fromarray(grey).convert("RGB")
+    if image.mode == "F":
+        raise ImageFileError(f"{path}: mode 'F' (32-bit float pixels) has no agreed 8-bit scale; "
+                             "convert it to 8 bits yourself")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+        return paste_on_white(image.convert("RGBA"))
+    return to_rgb(image)
 
 
 def to_rgb(image) -> Image.Image:
@@ -195,21 +259,58 @@ def _frame_list(frames) -> list:
 
 
 def preprocess_video(frames, video_fps: float, fps: float = 2.0, *, min_pixels: int = VIDEO_MIN_PIXELS,
-                     max_pixels: int = VIDEO_MAX_PIXELS) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                     max_pixels: int = VIDEO_MAX_PIXELS,
+                     total_frames: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A decoded video -> (pixel_values_videos (N, 1176), video_grid_thw (1, 3), second_per_grid_ts (1,)).
 
     `frames`: every frame of the clip, decoded at `video_fps` (list of PIL images / uint8 arrays,
-    or a (T, H, W, 3) uint8 array). Frames are sampled at `fps` (`sample_frame_indices`), then all
+    or a (T, H, W, 3) uint8 array), or any iterable that yields them one at a time (a decoder's
+    generator) together with `total_frames`, the number it will yield. Frames are sampled at `fps`
+    (`sample_frame_indices`, which needs the count before the first frame is read), then all
     resized to one size chosen by smart_resize with per-frame bounds [min_pixels, max_pixels],
     where max_pixels is lowered so that all frames fit VIDEO_TOTAL_PIXELS (qwen-vl-utils' rule).
+    Frames are read once, in order, and each kept frame is resized as it arrives, so memory holds
+    the resized frames kept, never the clip (an hour of 1080p at 30 fps would be about 650 GB).
     Each time step covers 2 sampled frames: second_per_grid_t = 2 / sample_fps seconds (1.0 at
     2 fps), returned as a float32 tensor like the reference processor's output.
     """
-    frames = _frame_list(frames)
-    indices, sample_fps = sample_frame_indices(len(frames), video_fps, fps)
-    picked = [to_rgb(frames[i]) for i in indices]
-    budget = frame_pixel_budget(len(picked), min_pixels, max_pixels)
-    height, width = smart_resize(picked[0].height, picked[0].width, min_pixels=min_pixels, max_pixels=budget)
-    video = torch.stack([resize_normalize(f, height, width) for f in picked])  # (T, 3, h, w)
+    if isinstance(frames, (list, tuple, np.ndarray)):
+        frames = _frame_list(frames)
+        if total_frames is not None and total_frames != len(frames):
+            raise ValueError(f"total_frames={total_frames} but the list holds {len(frames)} frames; leave it out")
+        total_frames = len(frames)
+    elif not hasattr(frames, "__iter__"):
+        raise TypeError("frames must be a non-empty list of PIL images / H x W x 3 uint8 arrays, "
+                        f"a (T, H, W, 3) uint8 numpy array, or an iterable of frames; got {type(frames).__name__}")
+    elif total_frames is None:
+        raise TypeError(f"frames is a {type(frames).__name__}, read once: pass total_frames=N, the number of "
+                        "frames it yields (the decoder's frame count), to choose which to keep before reading")
+    indices, sample_fps = sample_frame_indices(total_frames, video_fps, fps)
+    budget = frame_pixel_budget(len(indices), min_pixels, max_pixels)
+    video = _read_sampled(frames, total_frames, Counter(indices), min_pixels, budget)  # (T, 3, h, w)
     pixel_values, grid_thw = patchify(video)  # (T/2 * h/14 * w/14, 1176), [[T/2, h/14, w/14]]
     return pixel_values, grid_thw, torch.tensor([TEMPORAL / sample_fps], dtype=torch.float32)
+
+
+def _read_sampled(frames, total_frames: int, wanted: Counter, min_pixels: int, max_pixels: float) -> torch.Tensor:
+    """Read `frames` once; resize and keep the frames at the `wanted` positions -> (T, 3, h, w) float32."""
+    video, size, kept, count = None, None, 0, 0
+    for position, frame in enumerate(frames):
+        if position >= total_frames:
+            raise ValueError(f"the frames go on past total_frames={total_frames}; pass the true frame count")
+        frame_size = frame.size if isinstance(frame, Image.Image) else tuple(np.shape(frame)[:2][::-1])  # (w, h)
+        size = size or frame_size
+        if frame_size != size:
+            raise ValueError(f"all frames of a video must have one size; frame {position} is {frame_size}, frame 0 "
+                             f"is {size} (width, height): resize or crop them to one size first")
+        for _ in range(wanted.get(position, 0)):
+            rgb = to_rgb(frame)
+            if video is None:  # the first kept frame fixes the size of all
+                height, width = smart_resize(rgb.height, rgb.width, min_pixels=min_pixels, max_pixels=max_pixels)
+                video = torch.empty(wanted.total(), 3, height, width)  # (T, 3, h, w)
+            video[kept] = resize_normalize(rgb, height, width)  # (3, h, w)
+            kept += 1
+        count = position + 1
+    if count != total_frames:
+        raise ValueError(f"the frames ended after {count}, but total_frames={total_frames}; pass the true count")
+    return video
