@@ -95,15 +95,19 @@ class Qwen25VL(nn.Module):
 
     def embed(self, input_ids, pixel_values=None, image_grid_thw=None, pixel_values_videos=None,
               video_grid_thw=None) -> torch.Tensor:
-        """Token embeddings with the visual features spliced in. -> (B, L, D)"""
+        """Token embeddings with the visual features spliced in. -> (B, L, D)
+
+        Pixels go to the vision tower's device and dtype (as the reference casts them), whatever the
+        preprocessor gave (float32 on the CPU); the features then take the text embedding's dtype.
+        """
         cfg = self.config
         x = self.model.embed_tokens(input_ids)  # (B, L, D)
-        if pixel_values is not None:
-            features = self.visual(pixel_values.to(x.dtype), image_grid_thw)  # (N_img, D)
-            x = splice_visual_tokens(x, input_ids, features, cfg.image_token_id, "image")
-        if pixel_values_videos is not None:
-            features = self.visual(pixel_values_videos.to(x.dtype), video_grid_thw)  # (N_vid, D)
-            x = splice_visual_tokens(x, input_ids, features, cfg.video_token_id, "video")
+        tower = self.visual.patch_embed.proj.weight  # its device and dtype are the tower's
+        for pixels, grid, token_id, what in ((pixel_values, image_grid_thw, cfg.image_token_id, "image"),
+                                             (pixel_values_videos, video_grid_thw, cfg.video_token_id, "video")):
+            if pixels is not None:
+                features = self.visual(pixels.to(device=tower.device, dtype=tower.dtype), grid)  # (N, D)
+                x = splice_visual_tokens(x, input_ids, features.to(x.device), token_id, what)
         return x
 
     def prefill(self, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None,
@@ -147,6 +151,10 @@ class Qwen25VL(nn.Module):
         if temperature < 0 or not 0 < top_p <= 1:
             raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {temperature} and {top_p}")
         defaults = self.generation_config  # generation_config.json: stop on <|im_end|> or <|endoftext|>
+        device = self.model.embed_tokens.weight.device
+        if temperature > 0 and generator is not None and generator.device.type != device.type:
+            raise ValueError(f"the generator is on {generator.device} but the model samples on {device}; make "
+                             f"it there: torch.Generator(device={str(device)!r}).manual_seed(seed)")
         eos = torch.tensor(defaults.eos_token_id if eos_token_id is None else eos_token_id).flatten()
         pad = defaults.pad_token_id if pad_token_id is None else pad_token_id  # <|endoftext|> pads
         B = input_ids.shape[0]
