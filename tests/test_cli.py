@@ -163,6 +163,15 @@ def test_lazy_sampling_equals_preprocess_video(files):
                 assert torch.equal(a, b)
 
 
+def test_clip_shorter_than_its_header_says(files):
+    from qvl_minimal.video_io import VideoError
+
+    clip = VideoFile.open(files / "clip.mp4")
+    clip.total_frames = 30  # the file holds 24
+    with pytest.raises(VideoError, match="clip.mp4: the frames ended after 24.*re-encode"):
+        preprocess_source(clip, 2.0)
+
+
 def test_sampling_options_and_seed(files, checkpoint, capsys):
     options = ("--temperature", 1.5, "--top-p", 0.95, "--seed", 7, "--max-new-tokens", 6)
     first = describe_json(capsys, checkpoint, files / "a.jpg", *options)
