@@ -163,7 +163,9 @@ def columns(rows: list[dict]) -> list[str]:
 def table(rows: list[dict]) -> str:
     """The rows as a plain-text table; an exercise a notebook does not have is left empty."""
     names = columns(rows)
-    cells = [names] + [[str(row.get(name, "")) for name in names] for row in rows]
+    folder = os.path.commonpath([os.path.dirname(os.path.abspath(row["notebook"])) for row in rows]) if rows else ""
+    shown = [{**row, "notebook": os.path.relpath(os.path.abspath(row["notebook"]), folder)} for row in rows]
+    cells = [names] + [[str(row.get(name, "")) for name in names] for row in shown]
     widths = [max(len(line[i]) for line in cells) for i in range(len(names))]
     return "\n".join("  ".join(value.ljust(width) for value, width in zip(line, widths)).rstrip() for line in cells)
 
@@ -190,7 +192,7 @@ def run(args) -> int:
         print(f"error: no such notebook: {', '.join(missing)}", file=sys.stderr)
         return 2
     rows = grade(args.submissions, args.timeout, args.jobs, args.real_weights)
-    print(table(rows))
+    print(table(rows))  # notebooks named from their common folder; the CSV keeps the paths as given
     args.csv.parent.mkdir(parents=True, exist_ok=True)
     write_csv(rows, args.csv)
     print(f"wrote {args.csv}")
