@@ -69,7 +69,7 @@ def test_smart_resize_matches_reference_exactly():
 
 def test_photo(ref, photo):
     grid = check_against_reference(ref, photo)
-    assert grid.tolist() == [[1, 42, 36]] and grid.prod().item() // 4 == 378  # FACTS section 3
+    assert grid.tolist() == [[1, 42, 36]] and grid.prod().item() // 4 == 378  # appendix A.4
 
 
 @pytest.mark.parametrize("height,width", [
@@ -139,13 +139,13 @@ def test_rgba_paste_on_white():
     assert (plain == [200, 0, 0]).all()  # convert("RGB") keeps the hidden colour: the reference's way
 
 
-def test_patch_order_equals_facts_numpy():
+def test_patch_order_equals_a_plain_numpy_reshape():
     frames = torch.randn(4, 3, 56, 84)  # 4 frames -> grid (2, 4, 6)
     ours, grid = P.patchify(frames)
     gt, gh, gw = grid[0].tolist()
-    facts = frames.numpy().reshape(gt, 2, 3, gh // 2, 2, 14, gw // 2, 2, 14)
-    facts = facts.transpose(0, 3, 6, 4, 7, 2, 1, 5, 8).reshape(gt * gh * gw, 1176)
-    assert grid.tolist() == [[2, 4, 6]] and torch.equal(ours, torch.from_numpy(facts))
+    plain = frames.numpy().reshape(gt, 2, 3, gh // 2, 2, 14, gw // 2, 2, 14)
+    plain = plain.transpose(0, 3, 6, 4, 7, 2, 1, 5, 8).reshape(gt * gh * gw, 1176)
+    assert grid.tolist() == [[2, 4, 6]] and torch.equal(ours, torch.from_numpy(plain))
 
 
 def test_odd_frame_count_repeats_last_frame():
