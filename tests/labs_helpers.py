@@ -175,28 +175,29 @@ def _meaningful(line: str) -> bool:
     return len(line) >= 8 and not line.startswith("#")
 
 
-def shown_after(chapter, handout) -> list[tuple[str, list[str]]]:
+def shown_after(chapter, handout, run: int = 3) -> list[tuple[str, list[str]]]:
     """Solution lines that a code cell of the handout after the exercise still shows: [(exercise cell id, lines)].
 
-    A region of one line (a quiz answer) counts when that line (12 characters or more) appears; a longer
-    region when two of its consecutive lines appear one after the other (a copied block, not a shared
-    `with torch.no_grad():`). Lines the chapter shows before the exercise are the chapter's own build.
+    Counted: `run` consecutive meaningful lines of a region (the whole region if it is shorter, so a
+    one-line quiz answer of 12 characters or more counts alone) appearing one after the other in a later
+    code cell: a copied block, not a shared `with torch.no_grad():` or the skeleton of a similar loop.
+    Lines the chapter shows before the exercise are the chapter's own build, not a leak.
     """
     order = [cell.get("id") for cell in handout.cells]
     found = []
     for cell in chapter.cells:
         if EXERCISE not in tags(cell) or cell.cell_type != "code" or cell.get("id") not in order:
             continue
-        later = [c.source for c in handout.cells[order.index(cell.get("id")) + 1 :] if c.cell_type == "code"]
-        later_lines = [[line.strip() for line in source.split("\n")] for source in later]
-        pairs = {pair for lines in later_lines for pair in zip(lines, lines[1:])}
-        singles = {line for lines in later_lines for line in lines}
+        later = [[line.strip() for line in c.source.split("\n")]
+                 for c in handout.cells[order.index(cell.get("id")) + 1 :] if c.cell_type == "code"]
         source_lines = cell.source.split("\n")
         for begin, end in solution_regions(cell.source, "cell"):
             lines = [line.strip() for line in source_lines[begin + 1 : end] if _meaningful(line)]
-            if len(lines) == 1 and len(lines[0]) >= 12 and lines[0] in singles:
-                found.append((cell.get("id"), lines))
-            shown = [pair for pair in zip(lines, lines[1:]) if pair in pairs]
+            n = min(run, len(lines))
+            if n == 0 or (n == 1 and len(lines[0]) < 12):
+                continue
+            windows = {tuple(lines[i : i + n]) for i in range(len(lines) - n + 1)}
+            shown = {w for other in later for w in windows if any(tuple(other[j : j + n]) == w for j in range(len(other)))}
             if shown:
-                found.append((cell.get("id"), [line for pair in shown for line in pair]))
+                found.append((cell.get("id"), sorted(line for w in shown for line in w)))
     return found
