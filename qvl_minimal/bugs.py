@@ -250,6 +250,7 @@ def mystery_bug(seed: int) -> Bug:
 PROMPTS = {  # name -> parts: an int = that many text tokens; (kind, (t, h, w) in patches)
     "text only": (12,),
     "square image": (5, ("image", (1, 16, 16)), 7),  # 224 x 224 px: 2 x 2 full windows
+    "one window": (5, ("image", (1, 8, 6)), 4),  # 112 x 84 px: 4 x 3 merge units, a single window
     "good": (5, ("image", (1, 10, 14)), 4, ("image", (1, 6, 4)), 3, ("video", (2, 6, 10)), 6),
 }
 

@@ -17,7 +17,7 @@ def model():
 
 @pytest.fixture(scope="module")
 def inputs(model):
-    return {name: debug_inputs(model.config, name) for name in ("good", "square image", "text only")}
+    return {name: debug_inputs(model.config, name) for name in ("good", "square image", "text only", "one window")}
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +56,13 @@ def test_the_hiding_bug_passes_the_naive_inputs_and_fails_the_good_one(model, in
     assert diverge(broken, clean_stages["square image"], inputs["square image"]).first is None
     assert diverge(broken, clean_stages["text only"], inputs["text only"]).first is None
     assert diverge(broken, clean_stages["good"], inputs["good"]).first == "vision block 0"
+
+
+@pytest.mark.parametrize("name", ["merger order", "full attention ignored", "edge windows assumed full"])
+def test_window_bugs_hide_from_an_image_of_one_window(name, model, inputs, clean_stages):
+    broken = plant(model, name)  # one window: window order = raster order, and the window is the whole image
+    assert diverge(broken, clean_stages["one window"], inputs["one window"]).first is None
+    assert diverge(broken, clean_stages["good"], inputs["good"]).first == BUGS[name].stage
 
 
 @pytest.mark.parametrize("name", ["mrope sections reversed", "no +1 after an image"])
