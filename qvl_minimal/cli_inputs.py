@@ -105,20 +105,24 @@ def check_media(paths: list[str], fps: float) -> Media:
 
 def check_checkpoint(path: str | None) -> Path:
     """The checkpoint folder, complete: config.json of Qwen2.5-VL, every shard there, headers readable."""
-    from .config import Qwen25VLConfig
+    import json
+
+    from .config import GenerationConfig, Qwen25VLConfig
     from .tokenizer import tokenizer_folder
     from .weights import CheckpointError, find_checkpoint, read_header, shard_files
 
     folder = path or "the default place"
     try:
         folder = find_checkpoint(path)
-        Qwen25VLConfig.from_pretrained(folder)
+        config = Qwen25VLConfig.from_pretrained(folder)
+        GenerationConfig.from_pretrained(folder, config)
         for file in shard_files(folder):
             read_header(file)
         tokenizer_folder(folder)
     except (FileNotFoundError, CheckpointError) as err:
         raise UserError(str(err)) from None
-    except (ValueError, OSError) as err:  # config.json or a header that is not valid JSON, unreadable file
-        raise UserError(f"the checkpoint in {folder} is damaged ({err}); "
-                        "download it again") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as err:  # a file cut short, unreadable
+        raise UserError(f"the checkpoint in {folder} is damaged ({err}); download it again") from None
+    except ValueError as err:  # a config this model cannot run: another model, YaRN scaling, ...
+        raise UserError(f"cannot use the checkpoint in {folder}: {err}") from None
     return folder

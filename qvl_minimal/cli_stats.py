@@ -91,9 +91,9 @@ class RunStats:
         return new_ids
 
     def as_dict(self) -> dict:
-        peak = peak_memory_bytes()
+        peak, rate = peak_memory_bytes(), self.decode_tokens_per_second
         figures = {"tokens": dict(self.tokens), "seconds": {k: round(v, 4) for k, v in self.seconds.items()},
-                   "decode_tokens_per_second": self.decode_tokens_per_second,
+                   "decode_tokens_per_second": None if rate is None else round(rate, 3),
                    "peak_memory_mb": None if peak is None else round(peak / 2**20, 1)}
         if self.device.type == "cuda" and torch.cuda.is_available():
             figures["gpu_peak_memory_mb"] = round(torch.cuda.max_memory_allocated(self.device) / 2**20, 1)

@@ -162,8 +162,7 @@ def describe(args) -> int:
     new_ids = stats.timed_generate(model, input_ids.to(param.device), on_token=streamer,
                                    max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                    top_p=args.top_p, generator=generator, **visual)  # (1, n)
-    eos = torch.tensor(model.config.eos_token_id).flatten().tolist()
-    stopped = "eos" if int(new_ids[0, -1]) in eos else "max_new_tokens"
+    stopped = "eos" if int(new_ids[0, -1]) in model.generation_config.eos_token_id else "max_new_tokens"
     if args.json:
         answer = tokenizer.decode(new_ids[0], skip_special_tokens=True)
         result = {"answer": answer, "question": question, "inputs": summaries, "stopped": stopped,

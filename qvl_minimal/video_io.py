@@ -11,7 +11,7 @@ grows with the frames kept, not with the length of the clip. PyAV (pip package `
 FFmpeg; it is optional (`pip install qvl-minimal[video]`). A folder of frames needs only Pillow:
 its image files, in natural order (frame_2 before frame_10), are taken as frames filmed at
 `fps` frames per second (default 2, what `ffmpeg -i clip.mp4 -vf fps=2 frame_%04d.jpg` writes),
-so every frame is used (an odd last one is dropped, more than 768 are thinned).
+so every frame is used (except one of an odd count, and any beyond the 768 a video may keep).
 """
 
 from __future__ import annotations

@@ -139,6 +139,12 @@ def test_config_of_another_model(checkpoint, photo, tmp_path, capsys):
     assert_user_error(capsys, [photo, "--checkpoint", folder], "qwen2_vl")
 
 
+def test_damaged_generation_config(checkpoint, photo, tmp_path, capsys):
+    folder = broken_copy(checkpoint, tmp_path / "ckpt", skip={"generation_config.json"})
+    (folder / "generation_config.json").write_text('{"eos_token_id": [151645,')
+    assert_user_error(capsys, [photo, "--checkpoint", folder], "generation_config.json", "delete it")
+
+
 def test_missing_tokenizer(checkpoint, photo, tmp_path, capsys):
     folder = broken_copy(checkpoint, tmp_path / "ckpt", skip={"tokenizer.json"})
     assert_user_error(capsys, [photo, "--checkpoint", folder], "tokenizer.json")
