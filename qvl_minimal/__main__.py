@@ -20,6 +20,7 @@ COMMANDS = {  # name -> (module, one line of help)
     "site": ("qvl_minimal.website", "build the book as a static website from the stored notebooks"),
     "handouts": ("qvl_minimal.labs.handouts", "write the student version of every chapter with exercises"),
     "grade": ("qvl_minimal.labs.grade", "run student notebooks and tabulate their checks (pass / fail / not attempted)"),
+    "bench": ("qvl_minimal.bench", "time our model against the reference and this machine's ceilings (--quick, --full)"),
 }
 
 

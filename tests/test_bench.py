@@ -1,0 +1,57 @@
+"""`python -m qvl_minimal bench --quick`: the table's structure (rows, columns, no NaN), never a speed."""
+
+import math
+
+import torch
+
+from qvl_minimal.__main__ import main
+from qvl_minimal.bench import bench, ceilings, format_table
+from qvl_minimal.config import Qwen25VLConfig
+from qvl_minimal.costs import decode_weight_bytes, kv_cache_bytes_per_token, prefill_flops
+from qvl_minimal.params import count_parameters
+
+COLUMNS = {"row", "dtype", "unit", "ours", "reference", "ratio", "ours_of_ceiling", "reference_of_ceiling"}
+
+
+def test_quick_bench_table_structure():
+    rows, roofs, note = bench(quick=True, repeats=1, dtypes=[torch.float32])
+    assert set(roofs) == {"gflops_float32", "copy_gbs"} and all(v > 0 for v in roofs.values())
+    names = [r["row"] for r in rows]
+    assert [n.split(",")[0].split(" (")[0] for n in names] == ["load", "vision tower", "vision tower", "prefill", "decode"]
+    for r in rows:
+        assert COLUMNS <= r.keys() and r["dtype"] == "float32"
+        numbers = [v for v in r.values() if isinstance(v, float)]
+        assert numbers and all(math.isfinite(v) and v >= 0 for v in numbers), r
+    assert rows[0]["ours_peak_gb"] >= 0 and rows[0]["reference_of_ceiling"] is None  # load: no roof
+    assert all(r["ours_of_ceiling"] is not None for r in rows[1:])
+    assert "reduced depth" in note
+    table = format_table(rows, roofs, note)
+    assert len(table.splitlines()) == 4 + len(rows) + 1  # note, ceilings, header, rule, rows, peak memory
+    assert "nan" not in table.lower()
+
+
+def test_ceilings_per_dtype():
+    roofs = ceilings([torch.float32, torch.bfloat16], quick=True)
+    assert set(roofs) == {"gflops_float32", "gflops_bfloat16", "copy_gbs"}
+
+
+def test_costs_of_3b():
+    config = Qwen25VLConfig.preset("3b")
+    counts = count_parameters(config)
+    total, parts = prefill_flops(config, 1)
+    # one token: 2 FLOPs per weight of every decoder layer (norms aside) + the head, + 1 attention pair per layer
+    norms = 2 * config.text_config.hidden_size * config.text_config.num_hidden_layers
+    biases = (2048 + 2 * 256) * config.text_config.num_hidden_layers
+    assert parts["linear"] == 2 * (counts["decoder_layers"] - norms - biases)
+    assert parts["head"] == 2 * counts["embed_tokens"]
+    assert decode_weight_bytes(config, "bfloat16") == 2 * (counts["decoder_layers"] + counts["norm"] + counts["embed_tokens"])
+    assert kv_cache_bytes_per_token(config, "bfloat16") == 2 * 36 * 2 * 128 * 2  # 36,864 bytes
+    assert kv_cache_bytes_per_token(config, "bfloat16", gqa=False) == 8 * kv_cache_bytes_per_token(config, "bfloat16")
+
+
+def test_bench_is_a_command(capsys):
+    try:
+        main(["bench", "--help"])
+    except SystemExit as e:
+        assert e.code == 0
+    assert "--quick" in capsys.readouterr().out
