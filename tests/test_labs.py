@@ -167,7 +167,8 @@ def test_grade_synthetic(tmp_path, capsys):
             cell.source = cell.source.replace("raise NotImplementedError()", "return x * 3  # wrong")
     half = _write(half, tmp_path / "half.ipynb")
     done = _write(fill_handout(handout, chapter), tmp_path / "done.ipynb")
-    assert main(["grade", str(blank), str(half), str(done), "--csv", str(tmp_path / "g.csv"), "--jobs", "2"]) == 0
+    assert main(["grade", str(blank), str(half), str(done), "--csv", str(tmp_path / "g.csv"), "--jobs", "2",
+                 "--feedback", str(tmp_path / "feedback")]) == 0
     rows = {row["notebook"]: row for row in csv.DictReader(open(tmp_path / "g.csv"))}
     statuses = {name: [rows[str(tmp_path / name)][i] for i in ("99.1", "99.2", "99.3")]
                 for name in ("blank.ipynb", "half.ipynb", "done.ipynb")}
@@ -175,6 +176,8 @@ def test_grade_synthetic(tmp_path, capsys):
                         "done.ipynb": [PASS] * 3}
     assert rows[str(done)]["passed"] == "3/3"
     assert "not attempted" in capsys.readouterr().out
+    returned = nbformat.read(tmp_path / "feedback" / "half.ipynb", as_version=4)  # executed, with the messages
+    assert "shape (3,): 3 of 3 values differ" in nbformat.writes(returned)
 
 
 def test_grade_stops_at_the_time_limit(tmp_path):

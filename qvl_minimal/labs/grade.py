@@ -12,6 +12,7 @@
                             no PASS line
              not run        the notebook stopped before this cell: time limit, or the kernel died
         -> a table, one row per notebook, one column per exercise, printed and written as CSV
+        -> with --feedback FOLDER, the executed notebooks (errors included), to hand back
 
 The notebooks are executed in memory (with the notebook's folder as working directory) and never
 written back. Only the check cells are graded; a student who edits a check cell can fool it, so an
@@ -118,13 +119,17 @@ def score(nb) -> dict[str, str]:
     return statuses
 
 
-def grade_one(path: Path, timeout: float) -> tuple[dict[str, str], str, float]:
-    """(statuses, note, seconds) for one submission; a notebook that cannot be read gets a note."""
+def grade_one(path: Path, timeout: float, feedback: Path | None = None) -> tuple[dict[str, str], str, float]:
+    """(statuses, note, seconds) for one submission; a notebook that cannot be read gets a note.
+    With `feedback`, the executed notebook (every output and error message) is written there."""
     start = time.monotonic()
     try:
         nb, note = execute(Path(path), timeout)
     except Exception as e:  # unreadable file, kernel that never starts: one row says so, the others still run
         return {}, f"not graded: {type(e).__name__}: {e}".splitlines()[0], time.monotonic() - start
+    if feedback is not None:
+        feedback.parent.mkdir(parents=True, exist_ok=True)
+        nbformat.write(nb, feedback)
     statuses = score(nb)
     expected = nb.metadata.get("qvl_lab", {}).get("exercises", [])
     for exercise_id in expected:  # a check cell deleted by the student
@@ -134,23 +139,34 @@ def grade_one(path: Path, timeout: float) -> tuple[dict[str, str], str, float]:
     return statuses, note, time.monotonic() - start
 
 
-def grade(paths: list[Path], timeout: float = 300, jobs: int = 1, real_weights: bool = False) -> list[dict]:
-    """One row per submission: {"notebook", <exercise id>: status..., "passed", "note", "seconds"}."""
+def grade(paths: list[Path], timeout: float = 300, jobs: int = 1, real_weights: bool = False,
+          feedback: Path | None = None) -> list[dict]:
+    """One row per submission: {"notebook", <exercise id>: status..., "passed", "note", "seconds"}.
+    With `feedback` (a folder), each executed notebook is written there under its name in the table."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     if not real_weights:
-        os.environ["QVL_STANDIN"] = "1"  # chapter 11 grades on the stand-in checkpoint: same checks, 1.2 GB not 15
+        os.environ["QVL_STANDIN"] = "1"  # chapter 11 grades on the stand-in checkpoint: same checks, less memory
+    copies = [Path(feedback) / name for name in short_names(paths)] if feedback else [None] * len(paths)
     if jobs > 1:
         with ProcessPoolExecutor(max_workers=jobs) as pool:
-            results = list(pool.map(grade_one, paths, [timeout] * len(paths)))
+            results = list(pool.map(grade_one, paths, [timeout] * len(paths), copies))
     else:
-        results = [grade_one(path, timeout) for path in paths]
+        results = [grade_one(path, timeout, copy) for path, copy in zip(paths, copies)]
     rows = []
     for path, (statuses, note, seconds) in zip(paths, results):
         passed = sum(status == PASS for status in statuses.values())
         rows.append({"notebook": str(path), **statuses, "passed": f"{passed}/{len(statuses)}", "note": note,
                      "seconds": f"{seconds:.0f}"})
     return rows
+
+
+def short_names(paths) -> list[str]:
+    """The paths relative to their common folder: alice/04_window_attention.ipynb, bob/..."""
+    if not paths:
+        return []
+    folder = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths])
+    return [os.path.relpath(os.path.abspath(p), folder) for p in paths]
 
 
 def columns(rows: list[dict]) -> list[str]:
@@ -163,8 +179,7 @@ def columns(rows: list[dict]) -> list[str]:
 def table(rows: list[dict]) -> str:
     """The rows as a plain-text table; an exercise a notebook does not have is left empty."""
     names = columns(rows)
-    folder = os.path.commonpath([os.path.dirname(os.path.abspath(row["notebook"])) for row in rows]) if rows else ""
-    shown = [{**row, "notebook": os.path.relpath(os.path.abspath(row["notebook"]), folder)} for row in rows]
+    shown = [{**row, "notebook": name} for row, name in zip(rows, short_names([row["notebook"] for row in rows]))]
     cells = [names] + [[str(row.get(name, "")) for name in names] for row in shown]
     widths = [max(len(line[i]) for line in cells) for i in range(len(names))]
     return "\n".join("  ".join(value.ljust(width) for value, width in zip(line, widths)).rstrip() for line in cells)
@@ -182,6 +197,8 @@ def configure(parser) -> None:
     parser.add_argument("--csv", type=Path, default=Path("labs/grades.csv"), help="where to write the table (default labs/grades.csv)")
     parser.add_argument("--timeout", type=float, default=300, help="seconds allowed per notebook (default 300)")
     parser.add_argument("--jobs", type=int, default=1, help="notebooks graded at once (each kernel takes 1-3 GB of memory)")
+    parser.add_argument("--feedback", type=Path, default=None,
+                        help="write each executed notebook (outputs and error messages) into this folder, to return")
     parser.add_argument("--real-weights", action="store_true",
                         help="let chapter 11 use the real checkpoint if found (default: the stand-in)")
 
@@ -191,7 +208,7 @@ def run(args) -> int:
     if missing:
         print(f"error: no such notebook: {', '.join(missing)}", file=sys.stderr)
         return 2
-    rows = grade(args.submissions, args.timeout, args.jobs, args.real_weights)
+    rows = grade(args.submissions, args.timeout, args.jobs, args.real_weights, args.feedback)
     print(table(rows))  # notebooks named from their common folder; the CSV keeps the paths as given
     args.csv.parent.mkdir(parents=True, exist_ok=True)
     write_csv(rows, args.csv)
