@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import multiprocessing
 import os
-import re
 from concurrent.futures import ProcessPoolExecutor
 
 import nbformat
