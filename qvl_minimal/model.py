@@ -61,7 +61,7 @@ class Qwen25VL(nn.Module):
         """Hidden states (..., D) -> logits (..., vocab)."""
         tied = self.config.text_config.tie_word_embeddings
         weight = self.model.embed_tokens.weight if tied else self.lm_head.weight  # (vocab, D)
-        return F.linear(h, weight)  # (..., vocab)
+        return F.linear(h, weight.to(h.dtype))  # (..., vocab); .to: a no-op unless stored in bfloat16 (storage.py)
 
     def check_inputs(self, input_ids, attention_mask, pixel_values, image_grid_thw, pixel_values_videos,
                      video_grid_thw, second_per_grid_ts):

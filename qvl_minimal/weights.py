@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from .config import GenerationConfig, Qwen25VLConfig
 from .dtypes import choose_dtype
 from .model import Qwen25VL
+from .storage import choose_storage, storage_dtype, store_in_bfloat16
 from .safetensors_io import DTYPES, CheckpointError, read_header, read_tensor  # noqa: F401 (re-exported)
 
 HUB_REPO = "Qwen/Qwen2.5-VL-3B-Instruct"
@@ -171,7 +172,7 @@ FLOAT16_REFUSAL = (
 
 @torch.no_grad()
 def load_pretrained(path=None, dtype: torch.dtype | str | None = None, device: str = "cpu",
-                    progress: bool = True, allow_float16: bool = False) -> Qwen25VL:
+                    progress: bool = True, allow_float16: bool = False, storage: str | None = None) -> Qwen25VL:
     """Load a Qwen2.5-VL checkpoint folder into our model, one tensor at a time.
 
     dtype None picks what is best for the device (`dtypes.choose_dtype`: bfloat16 on a GPU and on a
@@ -180,6 +181,8 @@ def load_pretrained(path=None, dtype: torch.dtype | str | None = None, device: s
     checked against the model: a missing, unexpected or repeated name, a wrong shape or a broken
     shard is an error naming it. Both layouts of names load (checkpoint_layout; one line says which).
     A tied checkpoint may also store lm_head.weight if it equals the embedding table.
+    storage="bfloat16" keeps the matrices in bfloat16 and computes in float32 one module at a time
+    (storage.py); None chooses it when float32 weights would not fit in the memory available (one line).
     generation_config.json is read into `model.generation_config` (the eos ids generate stops on).
     """
     folder = find_checkpoint(path)
@@ -191,6 +194,9 @@ def load_pretrained(path=None, dtype: torch.dtype | str | None = None, device: s
         warnings.warn(FLOAT16_REFUSAL.replace("is refused", "was allowed"), stacklevel=2)
     if progress:
         print(f"computing in {str(dtype).removeprefix('torch.')}: {why}", file=sys.stderr)
+    storage, why = choose_storage(config, dtype, storage)
+    if progress and storage:
+        print(f"storing weights in {storage}: {why}", file=sys.stderr)
     with torch.device("meta"):
         model = Qwen25VL(config)
     model.generation_config = GenerationConfig.from_pretrained(folder, config)
@@ -222,10 +228,11 @@ def load_pretrained(path=None, dtype: torch.dtype | str | None = None, device: s
                         f"{file.name}: tensor {stored!r} has shape {entry[1]}, the config says {expected[name]}; "
                         "the config.json and the weights belong to different models"
                     )
-                _set_tensor(model, name, read_tensor(f, entry, data_start).to(device=device, dtype=dtype))
+                keep = storage_dtype(name, entry[1], dtype, storage)  # dtype, or bfloat16 in storage mode
+                _set_tensor(model, name, read_tensor(f, entry, data_start).to(device=device, dtype=keep))
                 where[name] = (file, entry, data_start)
     if missing := sorted(expected.keys() - where.keys()):
         raise CheckpointError(f"{folder.name}: {len(missing)} tensors missing from the checkpoint, e.g. {missing[:3]}")
     if tied and "lm_head.weight" in where:
         _check_stored_head(where["lm_head.weight"], where["model.embed_tokens.weight"], folder, progress)
-    return model.eval()
+    return (store_in_bfloat16(model) if storage else model).eval()
