@@ -63,7 +63,7 @@ def _segments(lengths: list[int]) -> torch.Tensor:
 def _(varlen_attention_mine) -> str:
     _, photo_cu = window_index([[1, 42, 36]], VISION)
     cases = [  # (cu_seqlens, heads, head_dim, what)
-        (photo_cu, 16, 80, "the photo's 30 windows, 16 heads of 80"),
+        (photo_cu, 4, 80, "the photo's 30 windows, 4 heads of 80"),
         (_segments([5, 1, 7, 3]), 2, 8, "unequal segments, one of a single row"),
         (_segments([4, 0, 6]), 3, 16, "an empty segment (the reference's repeated boundary)"),
         (full_cu_seqlens([[3, 4, 6]]), 4, 16, "a full-attention block of a video: one segment per time step"),

@@ -53,7 +53,7 @@ def _rotary(grid, head_dim: int):
 @exercise("05.1", "the vision block")
 def _(block_mine) -> str:
     cases = [  # (config, grid, kind of segments, what)
-        (REAL, [[1, 12, 16]], "windows", "real width, 4 windows of 64 and 32 patches"),
+        (REAL, [[1, 8, 12]], "windows", "real width, windows of 64 and 32 patches"),
         (NARROW, [[1, 8, 12]], "full", "one full segment"),
         (NARROW, [[2, 10, 6]], "windows", "a video, windows of unequal sizes"),
         (NARROW, [[3, 4, 6]], "full", "a video, one segment per time step"),
