@@ -101,7 +101,7 @@ def _tiled(x, pattern, r):  # k.repeat(1, r, 1, 1): heads g0 g1 g0 g1 instead of
     return x.repeat(1, r, 1, 1)
 
 
-def _windows_assumed_full(grid_thw, config):  # boundaries every side^2 units, as if no window were cut short
+def _windows_assumed_full(grid_thw, config):  # a boundary every 64 patches, as if no window were cut short
     index, cu = _library["window_index"](grid_thw, config)
     full = (config.window_size // config.patch_size) ** 2  # patches in a full window: 64
     return index, torch.unique(torch.cat([torch.arange(0, int(cu[-1]), full), cu[-1:]]))
