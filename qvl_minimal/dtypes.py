@@ -5,28 +5,40 @@
     1. an explicit `dtype` argument wins;
     2. else the environment variable QVL_DTYPE (float32 | bfloat16);
     3. else a GPU computes in bfloat16;
-    4. else a CPU computes in bfloat16 only if a one-off probe shows its bfloat16 matrix products
-       are native: a (256 x 512) @ (512 x 512) product timed in both dtypes, best of 5.
+    4. else a CPU computes in bfloat16 only if it has native bfloat16 matrix instructions:
+       a. its feature flags say so (x86: avx512_bf16 or amx_bf16; Arm: bf16), and
+       b. the matrix library is allowed to use them ($ONEDNN_MAX_CPU_ISA, if set, names an ISA
+          with bfloat16, e.g. AVX512_CORE_BF16 or AVX512_CORE_AMX, not AVX2 or AVX512_CORE), and
+       c. a one-off probe agrees: a (512 x 1024) @ (1024 x 1024) product, float32 and bfloat16
+          timed in turn, best of 5 each, with bfloat16 at least half as fast as float32.
 
-Why a probe and not the CPU's feature flags: the matmul speed comes from oneDNN's own dispatch,
-which the flags do not predict reliably (a CPU with avx512_bf16 reported False from torch's own
-`_is_avx512_bf16_supported`), and the two kinds of CPU are far apart. Measured on the probe's
-shape: native bfloat16 (avx512_bf16 / AMX, Apple M2+, Graviton 3) runs it about 2x FASTER than
-float32; without it (AVX2 only) 100-1000x SLOWER; AVX-512 without bf16 about 20x slower. The
-threshold (bfloat16 under 2x the float32 time) sits far from both. The probe costs well under
-a second once per process; on a machine without native bfloat16 that is almost all of it.
+Why flags AND a probe. The two kinds of CPU are far apart, measured on the probe's shapes:
+native bfloat16 (AMX, avx512_bf16, Apple M2+, Graviton 3) multiplies about 1-10x FASTER than
+float32; without it bfloat16 is emulated, 2-4x slower with AVX-512 and 100-1000x slower with
+AVX2 only. The flags alone can be wrong about speed (the matrix library dispatches on its own,
+and $ONEDNN_MAX_CPU_ISA can forbid the instructions), and a probe alone is at the mercy of a
+busy machine (a preempted run can make either dtype look slow). So the flags (and the ISA cap)
+decide who is a candidate, without timing anything, and the probe only confirms a candidate;
+its threshold (0.5) sits far below every native measurement. On a CPU without the flags the
+answer is float32 at once, with no probe. The flags are read from /proc/cpuinfo (Linux) or
+`sysctl` (macOS); where neither answers, the probe decides alone.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import platform
+import subprocess
 import time
 
 import torch
 
 ENV = "QVL_DTYPE"
 NAMES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+X86_BF16_FLAGS = {"avx512_bf16", "amx_bf16"}
+ISA_CAP = "ONEDNN_MAX_CPU_ISA"
+ISA_WITH_BF16 = ("BF16", "AMX", "FP16", "AVX10", "ALL", "DEFAULT")  # oneDNN ISA names that include bfloat16
 
 
 def parse_dtype(dtype: torch.dtype | str) -> torch.dtype:
@@ -38,23 +50,62 @@ def parse_dtype(dtype: torch.dtype | str) -> torch.dtype:
     raise ValueError(f"dtype {dtype!r}: choose one of {sorted(NAMES)}")
 
 
-def _best_time(a: torch.Tensor, b: torch.Tensor, repeats: int = 5) -> float:
-    a @ b  # warm-up: the first call picks the kernel
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    return best
+def cpu_bf16_flags() -> bool | None:
+    """Do the CPU's feature flags announce bfloat16 matrix instructions? None: no way to tell here."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            words = set(f.read().split())
+        return bool(words & X86_BF16_FLAGS) or "bf16" in words  # x86 "flags", Arm "Features"
+    except OSError:
+        pass
+    if platform.system() == "Darwin":
+        try:
+            out = subprocess.run(["sysctl", "-n", "hw.optional.arm.FEAT_BF16"], capture_output=True, text=True)
+            return out.stdout.strip() == "1"
+        except OSError:
+            return None
+    return None
+
+
+def _best_time(a: torch.Tensor, b: torch.Tensor) -> float:
+    start = time.perf_counter()
+    a @ b
+    return time.perf_counter() - start
 
 
 @functools.cache
-def cpu_bfloat16_speedup() -> float:
-    """float32 time / bfloat16 time of one (256 x 512) @ (512 x 512) product on this CPU (>1: bf16 faster)."""
+def cpu_bfloat16_speedup(repeats: int = 5) -> float:
+    """float32 time / bfloat16 time of one (512 x 1024) @ (1024 x 1024) product (>1: bfloat16 faster).
+
+    The two dtypes are timed in turn, and each keeps its best run, so a moment of load on a busy
+    machine slows one run of one dtype, not the comparison.
+    """
     generator = torch.Generator().manual_seed(0)
-    a = torch.randn(256, 512, generator=generator)  # (256, 512)
-    b = torch.randn(512, 512, generator=generator)  # (512, 512)
-    return _best_time(a, b) / _best_time(a.bfloat16(), b.bfloat16())
+    a = torch.randn(512, 1024, generator=generator)   # (512, 1024)
+    b = torch.randn(1024, 1024, generator=generator)  # (1024, 1024)
+    a16, b16 = a.bfloat16(), b.bfloat16()
+    a @ b, a16 @ b16  # warm-up: the first call picks the kernels
+    fp32 = bf16 = float("inf")
+    for _ in range(repeats):
+        fp32 = min(fp32, _best_time(a, b))
+        bf16 = min(bf16, _best_time(a16, b16))
+    return fp32 / bf16
+
+
+@functools.cache
+def cpu_native_bfloat16() -> tuple[bool, str]:
+    """(does this CPU multiply bfloat16 natively, the evidence in a few words)."""
+    flags = cpu_bf16_flags()
+    if flags is False:
+        return False, "this CPU has no bfloat16 matrix instructions"
+    cap = os.environ.get(ISA_CAP, "").upper()
+    if cap and not any(part in cap for part in ISA_WITH_BF16):
+        return False, f"${ISA_CAP}={cap} keeps the matrix library off bfloat16 instructions"
+    speedup = cpu_bfloat16_speedup()
+    evidence = "bfloat16 instructions" if flags else "no flags to read"
+    if speedup >= 0.5:
+        return True, f"this CPU multiplies bfloat16 natively ({evidence}, probe confirms)"
+    return False, f"bfloat16 matrix products run slowly here ({evidence}, probe: {1 / speedup:.0f}x slower)"
 
 
 def choose_dtype(device: str | torch.device = "cpu", dtype: torch.dtype | str | None = None) -> tuple[torch.dtype, str]:
@@ -65,8 +116,7 @@ def choose_dtype(device: str | torch.device = "cpu", dtype: torch.dtype | str | 
         return parse_dtype(os.environ[ENV]), f"from ${ENV}"
     if torch.device(device).type != "cpu":
         return torch.bfloat16, f"bfloat16 on {torch.device(device).type}"
-    speedup = cpu_bfloat16_speedup()
-    if speedup > 0.5:  # bfloat16 at most 2x slower than float32: native bfloat16 matrix instructions
-        return torch.bfloat16, f"this CPU multiplies bfloat16 natively ({speedup:.1f}x the float32 speed)"
-    return torch.float32, (f"this CPU has no native bfloat16 matrix instructions (bfloat16 runs at "
-                           f"{speedup:.3f}x the float32 speed); float32 needs twice the memory")
+    native, evidence = cpu_native_bfloat16()
+    if native:
+        return torch.bfloat16, evidence
+    return torch.float32, f"{evidence}; float32 (twice the memory of bfloat16)"
