@@ -198,8 +198,9 @@ def handouts(tmp_path_factory):
 
 
 def test_handouts_command(tmp_path, capsys):
-    assert main(["handouts", "--out", str(tmp_path), "--chapters", str(CHAPTERS)]) == 0
-    assert "stubs" in capsys.readouterr().out and len(list(tmp_path.glob("*.ipynb"))) >= 1
+    assert main(["handouts", "4", "--out", str(tmp_path), "--chapters", str(CHAPTERS)]) == 0
+    assert "stubs" in capsys.readouterr().out and [p.name for p in tmp_path.glob("*.ipynb")] == ["04_window_attention.ipynb"]
+    assert main(["handouts", "--out", str(tmp_path / "none"), "--chapters", str(tmp_path / "nowhere")]) == 2
 
 
 @pytest.mark.parametrize("name", NUMBERED)

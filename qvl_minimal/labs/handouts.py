@@ -1,4 +1,4 @@
-"""Student handouts: `python -m qvl_minimal handouts [--out labs/handouts]`.
+"""Student handouts: `python -m qvl_minimal handouts [NN ...] [--out labs/handouts]`.
 
     chapters/NN_*.ipynb (the solution version, run under strict nbval)
         -> every `### BEGIN SOLUTION` ... `### END SOLUTION` region of a cell tagged `exercise`
@@ -162,10 +162,13 @@ def chapter_notebooks(chapters: Path) -> list[Path]:
     return sorted(p for p in Path(chapters).glob("*.ipynb") if not p.name.startswith("."))
 
 
-def write_handouts(chapters: Path, out: Path) -> list[tuple[Path, int, list[str]]]:
-    """One handout per chapter notebook with at least one stub: [(handout path, stubs, exercise ids)]."""
+def write_handouts(chapters: Path, out: Path, only: list[str] | None = None) -> list[tuple[Path, int, list[str]]]:
+    """One handout per chapter notebook with at least one stub (of chapters `only`, e.g. ["04"], if given):
+    [(handout path, stubs, exercise ids)]."""
     made = []
     for path in chapter_notebooks(chapters):
+        if only and path.name[:2] not in only:
+            continue
         nb = nbformat.read(path, as_version=4)
         handout, stubs = make_handout(nb, path.name)
         if stubs == 0:
@@ -210,6 +213,7 @@ def exercise_table(chapters: Path, check_seconds: dict[str, str] | None = None) 
 
 
 def configure(parser) -> None:
+    parser.add_argument("only", nargs="*", metavar="NN", help="chapter numbers, e.g. 04 09 (default: every chapter)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for the handouts (default labs/handouts)")
     parser.add_argument("--chapters", type=Path, default=Path("chapters"), help="the chapter notebooks (default chapters/)")
     parser.add_argument("--table", action="store_true", help="print the exercise table of the instructor guide instead")
@@ -225,7 +229,7 @@ def run(args) -> int:
         print(exercise_table(args.chapters))
         return 0
     try:
-        made = write_handouts(args.chapters, args.out)
+        made = write_handouts(args.chapters, args.out, [f"{int(n):02d}" for n in args.only])
     except MarkerError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
