@@ -17,7 +17,7 @@ only, no memory), and the totals against the published sizes of the released che
 definition used everywhere in the book: 2 FLOPs per multiply-add, in every matrix product of the
 tower (patch embedding, each block's four weight matrices, attention scores and weighted sums, the
 merger); norms, activations, rotary and bias additions are left out (they are a few per value).
-On the sample photo (grid (1, 36, 42), 1512 patches) with the 3B tower: about 2.0 TFLOP, of which
+On the sample photo (grid (1, 42, 36), 1512 patches) with the 3B tower: about 2.0 TFLOP, of which
 the blocks' linear layers 1.9.
 """
 
