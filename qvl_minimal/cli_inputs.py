@@ -108,7 +108,7 @@ def check_checkpoint(path: str | None) -> Path:
     import json
 
     from .config import GenerationConfig, Qwen25VLConfig
-    from .tokenizer import tokenizer_folder
+    from .tokenizer_files import tokenizer_folder
     from .weights import CheckpointError, find_checkpoint, read_header, shard_files
 
     folder = path or "the default place"

@@ -132,7 +132,8 @@ def describe(args) -> int:
 
     from .cli_inputs import UserError, check_checkpoint, check_media, check_options
     from .cli_stats import RunStats
-    from .tokenizer import encode_chat, load_tokenizer
+    from .tokenizer import encode_chat
+    from .tokenizer_files import load_tokenizer
     from .weights import CheckpointError, load_pretrained
 
     stats = RunStats(args.device)

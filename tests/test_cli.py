@@ -15,11 +15,12 @@ import torch
 from PIL import Image
 
 from qvl_minimal import preprocess_video, sample_clip, sample_photo
-from qvl_minimal import tokenizer as tokenizer_module
+from qvl_minimal import tokenizer_files as tokenizer_module
 from qvl_minimal import weights
 from qvl_minimal.__main__ import main
 from qvl_minimal.standin import standin_checkpoint
-from qvl_minimal.tokenizer import DEFAULT_SYSTEM, load_tokenizer
+from qvl_minimal.tokenizer import DEFAULT_SYSTEM
+from qvl_minimal.tokenizer_files import load_tokenizer
 from qvl_minimal.video_io import FrameFolder, VideoFile, preprocess_source
 
 CLIP_FPS, CLIP_SECONDS, CLIP_SIZE = 12, 2, (140, 196)  # 24 frames of 140 x 196 px

@@ -14,10 +14,9 @@ from tokenizers import Tokenizer, models
 
 import qvl_minimal as qvl
 from qvl_minimal.reference import reference_processor, reference_tokenizer
-from qvl_minimal.tokenizer import (
-    QWEN25VL_CHAT_TEMPLATE, QwenTokenizer, chat_messages, expand_vision_pads, render_chat_template,
-    tokenizer_files, tokenizer_folder, vision_token_counts, write_tokenizer_files,
-)
+from qvl_minimal.tokenizer import (QwenTokenizer, chat_messages, expand_vision_pads, render_chat_template,
+                                   vision_token_counts)
+from qvl_minimal.tokenizer_files import QWEN25VL_CHAT_TEMPLATE, tokenizer_files, tokenizer_folder, write_tokenizer_files
 
 APPENDIX_IDS = {  # appendix A.7
     "<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645, "<|vision_start|>": 151652,
