@@ -41,7 +41,7 @@ _EXPORTS = {  # public name -> the module that defines it
     "Qwen25VL": "model",
     "splice_visual_tokens": "model",
     "next_token": "model",
-    "load_tokenizer": "tokenizer",
+    "load_tokenizer": "tokenizer_files",
     "build_chat_prompt": "tokenizer",
     "encode_chat": "tokenizer",
     "expand_vision_pads": "tokenizer",
