@@ -1,15 +1,15 @@
 """What a forward pass costs, read off the config: FLOPs of the text prefill, bytes read per decoded
-token, bytes of KV cache per token. The vision tower's FLOPs are `params.vision_flops`; these
+token. The vision tower's FLOPs are `params.vision_flops`; these
 functions use the same definition (2 FLOPs per multiply-add, in every matrix product; norms,
 activations, rotary and bias additions left out).
 
     prefill_flops(config, L)          the decoder on an L-token prompt + the head on the last position
     decode_weight_bytes(config, b)    weights read once per new token (decoder layers, norm, head)
-    kv_cache_bytes_per_token(config)  keys and values kept per token, all layers (GQA or not)
 
-Why these three: a prompt is a stack of matrix products whose cost grows with L (compute-bound),
-while each new token multiplies one row by every weight matrix once (memory-bound: the time is
-the bytes of the weights over the memory bandwidth).
+The KV cache's bytes per token are chapter 08's `figures.decoder.kv_cache_bytes`. Why these two:
+a prompt is a stack of matrix products whose cost grows with L (compute-bound), while each new
+token multiplies one row by every weight matrix once (memory-bound: the time is the bytes of the
+weights over the memory bandwidth).
 """
 
 from __future__ import annotations
@@ -42,13 +42,3 @@ def decode_weight_bytes(config: Qwen25VLConfig, dtype: str = "bfloat16") -> int:
     row (negligible); the KV cache read is left out (small beside the weights for short contexts)."""
     t, counts = config.text_config, text_counts(config)
     return (counts["decoder_layers"] + counts["norm"] + t.vocab_size * t.hidden_size) * BYTES_PER_PARAMETER[dtype]
-
-
-def kv_cache_bytes_per_token(config: Qwen25VLConfig, dtype: str = "bfloat16", gqa: bool = True) -> int:
-    """Bytes of keys + values kept for each token of context, all layers: 2 * layers * heads * hd * bytes.
-
-    With grouped-query attention only the G key/value heads are stored (3B: 2 of 16); gqa=False
-    counts what plain multi-head attention (one key/value head per query head) would store."""
-    t = config.text_config
-    heads = t.num_key_value_heads if gqa else t.num_attention_heads
-    return 2 * t.num_hidden_layers * heads * t.head_dim * BYTES_PER_PARAMETER[dtype]
