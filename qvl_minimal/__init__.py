@@ -21,7 +21,7 @@ _EXPORTS = {  # public name -> the module that defines it
     "smart_resize": "preprocess",
     "preprocess_image": "preprocess",
     "preprocess_video": "preprocess",
-    "load_image": "preprocess",
+    "load_image": "image_files",
     "VisionTransformer": "vision",
     "PatchEmbed": "vision",
     "patch_positions": "vision",

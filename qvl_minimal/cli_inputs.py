@@ -14,8 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .preprocess import (MAX_PIXELS, MIN_PIXELS, VIDEO_MAX_PIXELS, VIDEO_MIN_PIXELS, ImageFileError, load_image,
-                         smart_resize)
+from .image_files import ImageFileError, load_image
+from .preprocess import MAX_PIXELS, MIN_PIXELS, VIDEO_MAX_PIXELS, VIDEO_MIN_PIXELS, smart_resize
 from .video_io import FrameFolder, VideoError, VideoFile, is_video_path, open_video
 
 
@@ -60,9 +60,8 @@ def check_image(path: Path):
     """Open the picture and check that the preprocessor accepts its size. -> PIL image"""
     try:
         image = load_image(path)  # EXIF orientation applied, transparency on white, 16 bits scaled
-    except (ImageFileError, OSError) as err:  # not an image, truncated, decompression bomb, odd mode
-        where = "" if str(path) in str(err) else f"{path}: "  # the library's errors name the file
-        raise UserError(f"cannot read the image {where}{err}") from None
+    except ImageFileError as err:  # not an image, damaged, decompression bomb, odd mode: the message names the file
+        raise UserError(f"cannot read the image {err}") from None
     try:
         smart_resize(image.height, image.width, min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS)
     except ValueError as err:

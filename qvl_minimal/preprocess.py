@@ -8,8 +8,8 @@ Five steps, the same for a photo and for the frames of a video:
    RGBA. The official helper `qwen-vl-utils` instead pastes RGBA images onto white first: call
    `paste_on_white(image)` yourself to get that behaviour. 16-bit images ('I;16') are clipped to
    255 by PIL's conversion (the reference does the same): scale them to 8 bits first.
-   A FILE is best opened with `load_image(path)`: it applies the EXIF orientation, pastes every
-   kind of transparency on white, scales 16-bit grey to 8 bits and refuses decompression bombs.
+   A FILE is best opened with `image_files.load_image(path)`: it applies the EXIF orientation, pastes
+   every kind of transparency on white, scales 16-bit grey to 8 bits and refuses decompression bombs.
 2. `smart_resize`: pick a size whose sides are multiples of 28 (= one 2 x 2 merge unit of 14 px
    patches), close to the original aspect ratio, with a pixel count inside [min_pixels, max_pixels].
 3. bicubic resize with PIL (the reference resizes with PIL too, so the numbers agree exactly).
@@ -22,13 +22,12 @@ Five steps, the same for a photo and for the frames of a video:
 from __future__ import annotations
 
 import math
-import warnings
 from collections import Counter
 
 import numpy as np
 import torch
 from einops import rearrange
-from PIL import Image, ImageOps
+from PIL import Image
 
 PATCH = 14  # a patch is 14 x 14 pixels
 TEMPORAL = 2  # ... and 2 frames deep
@@ -79,65 +78,6 @@ def paste_on_white(image: Image.Image) -> Image.Image:
     white = Image.new("RGB", image.size, (255, 255, 255))
     white.paste(image, mask=image.getchannel("A"))
     return white
-
-
-class ImageFileError(ValueError):
-    """An image file that cannot be used; the message names the file and the fix."""
-
-
-SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # grey, 0..65535 (PNG's 16-bit grey opens as I;16)
-
-
-def load_image(path) -> Image.Image:
-    """Open an image FILE as the model should see it -> a PIL image in mode RGB.
-
-    1. The EXIF orientation is applied (ImageOps.exif_transpose), as transformers' and qwen-vl-utils'
-       loading helpers do: a phone photo tagged "rotate 90" comes out upright, not sideways.
-    2. Transparency of any kind (RGBA, LA, PA, a palette / grey / RGB image with a transparent
-       colour) is pasted on white, as qwen-vl-utils does (`paste_on_white`).
-    3. 16-bit grey (mode I;16, or I with values in 0..65535) is scaled to 8 bits, v * 255 / 65535
-       rounded (PIL's own conversion would clip everything above 255 to white); other wide modes
-       (F, I outside 0..65535) are an error. Everything else: convert("RGB").
-    An image already open (preprocess_image(image)) is only converted, as the reference processor does.
-    Errors: FileNotFoundError; ImageFileError (a ValueError) for a file that is not an image, is
-    truncated, or has more pixels than Pillow's decompression-bomb limit (PIL.Image.MAX_IMAGE_PIXELS).
-    """
-    limit = Image.MAX_IMAGE_PIXELS
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # checked below, as an error
-            image = Image.open(path)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"no image file {path}") from None
-    except Image.DecompressionBombError as err:
-        raise ImageFileError(f"{path}: {err} A small file that unpacks to a huge image; if you trust it, "
-                             "raise PIL.Image.MAX_IMAGE_PIXELS or shrink the image first.") from None
-    except OSError as err:  # UnidentifiedImageError, a directory, a header cut short
-        raise ImageFileError(f"{path}: not an image Pillow can read, or a damaged one ({err})") from None
-    with image:
-        width, height = image.size
-        if limit and width * height > limit:
-            raise ImageFileError(f"{path}: {width} x {height} = {width * height:,} pixels is over Pillow's "
-                                 f"decompression-bomb limit of {limit:,} (a small file can unpack to a huge "
-                                 "image); if you trust it, raise PIL.Image.MAX_IMAGE_PIXELS or shrink it first.")
-        try:
-            image.load()
-        except OSError as err:
-            raise ImageFileError(f"{path}: the file is damaged or truncated ({err}); download it again") from None
-        image = ImageOps.exif_transpose(image)  # a new image, upright
-    if image.mode in SIXTEEN_BIT:
-        values = np.asarray(image)
-        if values.size and (values.min() < 0 or values.max() > 65535):
-            raise ImageFileError(f"{path}: mode {image.mode!r} with values {values.min()}..{values.max()}, outside "
-                                 "16-bit 0..65535: scale it to 8 bits yourself")
-        grey = (values.astype(np.float64) * (255 / 65535)).round().astype(np.uint8)  # (h, w)
-        return Image.fromarray(grey).convert("RGB")
-    if image.mode == "F":
-        raise ImageFileError(f"{path}: mode 'F' (32-bit float pixels) has no agreed 8-bit scale; "
-                             "convert it to 8 bits yourself")
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
-        return paste_on_white(image.convert("RGBA"))
-    return to_rgb(image)
 
 
 def to_rgb(image) -> Image.Image:

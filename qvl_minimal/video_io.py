@@ -23,7 +23,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from .preprocess import load_image, preprocess_video
+from .image_files import load_image
+from .preprocess import preprocess_video
 
 VIDEO_SUFFIXES = {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".flv", ".wmv", ".3gp"}
 EXIF_ORIENTATION = 0x0112  # values 5..8 turn the picture by 90 degrees: width and height swap

@@ -66,10 +66,12 @@ def test_unreadable_image(checkpoint, tmp_path, capsys):
     assert_user_error(capsys, [bad, "--checkpoint", checkpoint], "cannot read the image", "not_an_image.jpg")
 
 
-def test_truncated_image(checkpoint, photo, tmp_path, capsys):
+@pytest.mark.parametrize("keep", [30, 600, 3000])  # cut inside the header (Pillow: "Truncated File Read"), the pixels
+def test_truncated_image(checkpoint, photo, tmp_path, capsys, keep):
     cut = tmp_path / "cut.jpg"
-    cut.write_bytes(photo.read_bytes()[:600])
-    assert_user_error(capsys, [cut, "--checkpoint", checkpoint], "cannot read the image", "cut.jpg")
+    cut.write_bytes(photo.read_bytes()[:keep])
+    line = assert_user_error(capsys, [cut, "--checkpoint", checkpoint], "cannot read the image", "cut.jpg")
+    assert line.count("cut.jpg") == 1  # named once
 
 
 def test_aspect_ratio_over_the_limit(checkpoint, tmp_path, capsys):

@@ -11,7 +11,7 @@ from PIL import Image
 
 import qvl_minimal as qvl
 from qvl_minimal import preprocess as P
-from qvl_minimal.preprocess import ImageFileError, load_image
+from qvl_minimal.image_files import ImageFileError, load_image
 
 
 def sideways_jpeg(path):
@@ -67,6 +67,37 @@ def test_missing_broken_and_truncated_files(tmp_path):
         load_image(tmp_path / "cut.jpg")
     with pytest.raises(ImageFileError, match="not an image Pillow can read"):
         load_image(tmp_path)  # a folder
+
+
+def _tiff_entry(data: bytes, tag: int) -> int:
+    """Offset of the type field of `tag`'s entry in the first directory of a little-endian TIFF."""
+    assert data[:2] == b"II"
+    directory = int.from_bytes(data[4:8], "little")
+    for entry in range(directory + 2, directory + 2 + 12 * int.from_bytes(data[directory:directory + 2], "little"), 12):
+        if int.from_bytes(data[entry:entry + 2], "little") == tag:
+            return entry + 2
+    raise AssertionError(f"no tag {tag}")
+
+
+def test_damaged_headers_and_chunks_name_the_file(tmp_path):
+    """Pillow answers bytes it cannot parse with OSError, SyntaxError, TypeError ...: each is an ImageFileError
+    whose message starts with the file's path, whether it happens on opening or on reading the pixels."""
+    pixels = np.random.default_rng(0).integers(0, 256, (60, 90, 3), dtype=np.uint8)
+    data = _saved(tmp_path / "full.jpg", Image.fromarray(pixels)).read_bytes()
+    (tmp_path / "cut_header.jpg").write_bytes(data[:30])  # inside the header: Pillow's "Truncated File Read"
+    with pytest.raises(ImageFileError, match=r"cut_header.jpg: not an image .* \(Truncated File Read\)"):
+        load_image(tmp_path / "cut_header.jpg")
+    data = bytearray(_saved(tmp_path / "full.png", Image.fromarray(pixels)).read_bytes())
+    length = data.index(b"IDAT") - 4  # the chunk's length field, made to lie: half the real length
+    data[length:length + 4] = (int.from_bytes(data[length:length + 4], "big") // 2).to_bytes(4, "big")
+    (tmp_path / "lying_chunk.png").write_bytes(data)  # opens; reading the pixels meets a broken chunk
+    with pytest.raises(ImageFileError, match=r"lying_chunk.png: the file is damaged or truncated \(broken PNG"):
+        load_image(tmp_path / "lying_chunk.png")
+    data = bytearray(_saved(tmp_path / "full.tiff", Image.fromarray(pixels)).read_bytes())
+    data[_tiff_entry(data, 257)] = 11  # ImageLength stored as a FLOAT: Pillow's ValueError or TypeError
+    (tmp_path / "float_height.tiff").write_bytes(data)
+    with pytest.raises(ImageFileError, match="float_height.tiff: .*damaged"):
+        load_image(tmp_path / "float_height.tiff")
 
 
 def test_palette_with_transparency_is_pasted_on_white_like_rgba(tmp_path):
