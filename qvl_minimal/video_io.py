@@ -23,7 +23,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from .image_files import load_image
+from .image_files import DAMAGED, load_image
 from .preprocess import preprocess_video
 
 VIDEO_SUFFIXES = {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".flv", ".wmv", ".3gp"}
@@ -124,7 +124,7 @@ class FrameFolder:
         for file in files:
             try:
                 sizes.setdefault(oriented_size(file), file)
-            except (OSError, ValueError, Image.DecompressionBombError) as err:  # UnidentifiedImageError: OSError
+            except (*DAMAGED, Image.DecompressionBombError) as err:  # what Pillow raises on bytes it cannot parse
                 raise VideoError(f"cannot read the frame {file} ({err}); remove it or replace it") from None
         if len(sizes) > 1:
             (size_a, file_a), (size_b, file_b) = list(sizes.items())[:2]
