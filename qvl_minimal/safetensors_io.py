@@ -110,8 +110,8 @@ def read_tensor(f, entry: tuple, data_start: int) -> torch.Tensor:
     dtype, shape, begin, end = entry
     if end == begin:
         return torch.empty(shape, dtype=DTYPES[dtype][0])
-    buffer = bytearray(end - begin)
+    buffer = torch.empty(end - begin, dtype=torch.uint8)  # not zero-filled: the file's bytes are written once
     f.seek(data_start + begin)
-    if f.readinto(buffer) != len(buffer):
+    if f.readinto(buffer.numpy()) != len(buffer):
         raise CheckpointError(f"{Path(f.name).name}: the file ended inside a tensor's bytes (it changed while loading?)")
-    return torch.frombuffer(buffer, dtype=DTYPES[dtype][0]).reshape(shape)
+    return buffer.view(DTYPES[dtype][0]).reshape(shape)

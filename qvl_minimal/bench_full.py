@@ -1,0 +1,130 @@
+"""`python -m qvl_minimal bench --full`: the whole 3B architecture end to end, ours and the reference.
+
+    full_standin()   a checkpoint with the real 3B config.json (32 vision blocks, 36 decoder layers) and
+                     random bfloat16 weights in the hub's layout (shards + index + tokenizer files),
+                     written once into the cache tensor by tensor: no model is ever built to write it,
+                     so writing needs about one shard of memory (2 GB), not the 15 GB of a float32 model
+    run_side(side)   one fresh process: load the checkpoint, answer chapter 11's question about the
+                     sample photo with 32 new tokens; prints its wall time and peak resident memory
+
+Each side runs in its own process, so that each peak memory is its own. The dtype is what
+load_pretrained chooses (dtypes.choose_dtype, storage.choose_storage); $QVL_DTYPE overrides. The
+reference runs only where its bfloat16 model fits (it has no bfloat16-storage mode).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+MAX_NEW_TOKENS = 32
+SHARD_BYTES = 2_000_000_000
+
+
+def full_standin():
+    """The cached full-depth stand-in folder; written on first use (about 7.5 GB on disk)."""
+    from safetensors.torch import save_file
+
+    from .config import CONFIG_DIR, Qwen25VLConfig
+    from .model import Qwen25VL
+    from .standin import STANDIN_CACHE
+    from .tokenizer import write_tokenizer_files
+
+    folder = STANDIN_CACHE / "standin-3b-full-depth"
+    if (folder / "model.safetensors.index.json").is_file():
+        return folder
+    source = CONFIG_DIR / "qwen2.5-vl-3b-instruct.config.json"
+    config = Qwen25VLConfig.from_pretrained(source)
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in Qwen25VL(config).state_dict().items()}  # the checkpoint's names
+    tmp = folder.with_name(folder.name + ".partial")
+    tmp.mkdir(parents=True, exist_ok=True)
+    generator = torch.Generator().manual_seed(0)
+    shards, shard, size = [], {}, 0
+    for name, shape in shapes.items():  # randomize_'s rule: norms 1 + N(0, 0.1), the rest N(0, 0.02)
+        noise = torch.randn(shape, generator=generator)
+        is_norm = len(shape) == 1 and ("norm" in name or "ln_q" in name) and name.endswith(".weight")
+        shard[name] = (1 + 0.1 * noise if is_norm else 0.02 * noise).bfloat16()
+        size += shard[name].nbytes
+        if size > SHARD_BYTES:
+            shards.append(shard)
+            save_file(shard, tmp / f"shard-{len(shards)}.safetensors", metadata={"format": "pt"})
+            shard, size = {}, 0
+    if shard:
+        shards.append(shard)
+        save_file(shard, tmp / f"shard-{len(shards)}.safetensors", metadata={"format": "pt"})
+    weight_map = {}
+    for i, names in enumerate(shards, 1):  # the hub's names: model-0000i-of-0000n.safetensors
+        final = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+        (tmp / f"shard-{i}.safetensors").rename(tmp / final)
+        weight_map.update({n: final for n in names})
+    del shards, shard
+    (tmp / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}, indent=2))
+    (tmp / "config.json").write_text(source.read_text())
+    write_tokenizer_files(tmp)
+    tmp.rename(folder)
+    return folder
+
+
+@torch.no_grad()
+def run_side(side: str, folder) -> dict:
+    """Load + answer the photo question with 32 new tokens in this process -> times and peak memory."""
+    from .dtypes import choose_dtype
+    from .preprocess import preprocess_image
+    from .samples import sample_photo
+    from .tokenizer import build_chat_prompt, encode_chat, load_tokenizer
+    from .weights import load_pretrained
+
+    question, start = "Describe this image.", time.perf_counter()
+    dtype, _ = choose_dtype("cpu")
+    if side == "ours":
+        model = load_pretrained(folder)  # prints its dtype (and storage) choice
+        loaded = time.perf_counter()
+        pixels, grid = preprocess_image(sample_photo())
+        ids = encode_chat(load_tokenizer(folder), question, image_grid_thw=grid)  # (1, 403)
+        new = model.generate(ids, MAX_NEW_TOKENS, pixel_values=pixels, image_grid_thw=grid, eos_token_id=-1)
+    else:
+        from transformers import Qwen2_5_VLForConditionalGeneration, logging
+
+        from .reference import reference_processor
+
+        logging.set_verbosity_error()
+        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(folder, dtype=dtype)
+        loaded = time.perf_counter()
+        inputs = reference_processor(folder)(text=[build_chat_prompt(question, num_images=1)], images=[sample_photo()],
+                                             return_tensors="pt")
+        new = model.generate(**inputs, max_new_tokens=MAX_NEW_TOKENS, min_new_tokens=MAX_NEW_TOKENS, do_sample=False)
+        new = new[:, inputs["input_ids"].shape[1]:]
+    end = time.perf_counter()
+    dtype = str(next(p for n, p in model.named_parameters() if "layers" in n).dtype).removeprefix("torch.")
+    return {"side": side, "dtype": dtype, "load_s": loaded - start, "generate_s": end - loaded, "wall_s": end - start,
+            "new_tokens": int(new.shape[1]), "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6}
+
+
+def run_full(args) -> int:
+    """Write the stand-in if needed, then run ours and the reference, each in a fresh process."""
+    folder = full_standin()
+    print(f"checkpoint: {folder.name} (the 3B config.json, random bfloat16 weights)", file=sys.stderr)
+    results = []
+    for side in ("ours", "reference"):
+        code = f"import json; from qvl_minimal.bench_full import run_side; print(json.dumps(run_side({side!r}, {str(folder)!r})))"
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=os.environ)
+        if done.returncode:
+            print(f"{side}: failed ({done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode})")
+            continue
+        results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    print(f"whole 3B (32 vision blocks, 36 decoder layers), photo + 'Describe this image.', {MAX_NEW_TOKENS} new tokens, "
+          f"one fresh process each, {torch.get_num_threads()} threads")
+    print(f"{'side':10s} {'dtype':9s} {'load s':>7s} {'generate s':>11s} {'wall s':>7s} {'peak GB':>8s}")
+    for r in results:
+        print(f"{r['side']:10s} {r['dtype']:9s} {r['load_s']:7.1f} {r['generate_s']:11.1f} {r['wall_s']:7.1f} {r['peak_gb']:8.2f}")
+    if len(results) == 2:
+        print(f"ours / reference: wall {results[0]['wall_s'] / results[1]['wall_s']:.2f}, "
+              f"peak memory {results[0]['peak_gb'] / results[1]['peak_gb']:.2f}")
+    return 0
