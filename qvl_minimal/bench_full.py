@@ -46,25 +46,22 @@ def full_standin():
     tmp = folder.with_name(folder.name + ".partial")
     tmp.mkdir(parents=True, exist_ok=True)
     generator = torch.Generator().manual_seed(0)
-    shards, shard, size = [], {}, 0
+    shards, shard, size = [], {}, 0  # shards: the names written to each file (the tensors are dropped)
     for name, shape in shapes.items():  # randomize_'s rule: norms 1 + N(0, 0.1), the rest N(0, 0.02)
         noise = torch.randn(shape, generator=generator)
         is_norm = len(shape) == 1 and ("norm" in name or "ln_q" in name) and name.endswith(".weight")
         shard[name] = (1 + 0.1 * noise if is_norm else 0.02 * noise).bfloat16()
+        del noise
         size += shard[name].nbytes
-        if size > SHARD_BYTES:
-            shards.append(shard)
+        if size > SHARD_BYTES or name == next(reversed(shapes)):
+            shards.append(list(shard))
             save_file(shard, tmp / f"shard-{len(shards)}.safetensors", metadata={"format": "pt"})
-            shard, size = {}, 0
-    if shard:
-        shards.append(shard)
-        save_file(shard, tmp / f"shard-{len(shards)}.safetensors", metadata={"format": "pt"})
+            shard, size = {}, 0  # at most one shard (2 GB) in memory
     weight_map = {}
     for i, names in enumerate(shards, 1):  # the hub's names: model-0000i-of-0000n.safetensors
         final = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
         (tmp / f"shard-{i}.safetensors").rename(tmp / final)
         weight_map.update({n: final for n in names})
-    del shards, shard
     (tmp / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}, indent=2))
     (tmp / "config.json").write_text(source.read_text())
     write_tokenizer_files(tmp)
