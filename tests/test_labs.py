@@ -179,6 +179,16 @@ def test_grade_synthetic(tmp_path, capsys):
     assert "shape (3,): 3 of 3 values differ" in nbformat.writes(returned)
 
 
+def test_grade_reports_a_broken_notebook_and_goes_on(tmp_path, capsys):
+    broken = tmp_path / "broken.ipynb"
+    broken.write_text("{ not json")
+    assert main(["grade", str(broken), "--csv", str(tmp_path / "g.csv")]) == 0
+    row = next(csv.DictReader(open(tmp_path / "g.csv")))
+    assert row["passed"] == "0/0" and row["note"].startswith("not graded:")
+    assert main(["grade", str(tmp_path / "missing.ipynb")]) == 2
+    assert "no such notebook" in capsys.readouterr().err
+
+
 def test_grade_stops_at_the_time_limit(tmp_path):
     chapter = synthetic_chapter()
     chapter.cells.insert(5, code("import time\ntime.sleep(600)"))
