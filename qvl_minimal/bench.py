@@ -141,6 +141,7 @@ def bench_dtype(folder, dtype, roofs: dict, repeats: int, new_tokens: int, max_p
     from .weights import load_pretrained
 
     logging.set_verbosity_error()
+    logging.disable_progress_bar()
     name, rows = DTYPE_NAMES[dtype], []
     gflops = roofs[f"gflops_{name}"] * 1e9
     loads = {"ours": [], "reference": []}
@@ -234,7 +235,9 @@ def bench(quick: bool = False, repeats: int | None = None, dtypes=None) -> tuple
     note = (f"{'tiny preset' if quick else '3B widths'}, reduced depth: {c.vision_config.depth} vision blocks "
             f"(full attention in {list(c.vision_config.fullatt_block_indexes)}), {c.text_config.num_hidden_layers} "
             f"decoder layers; random weights; median of {repeats}, ours and the reference alternating; "
-            f"{torch.get_num_threads()} threads" + ("; images shrunk to 64 tokens at most" if quick else ""))
+            f"{torch.get_num_threads()} threads" + ("; images shrunk to 64 tokens at most" if quick else "") +
+            "\nload: the reference maps the files into memory without reading them when the dtype is the stored one "
+            "(bfloat16), so its reading is paid later, in its first run; ours reads every tensor at load")
     assert all(not (isinstance(v, float) and math.isnan(v)) for r in rows for v in r.values())
     return rows, roofs, note
 
