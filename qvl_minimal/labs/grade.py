@@ -173,7 +173,11 @@ def columns(rows: list[dict]) -> list[str]:
     ids = []
     for row in rows:
         ids += [key for key in row if key not in ("notebook", "passed", "note", "seconds") and key not in ids]
-    return ["notebook", *sorted(ids), "passed", "seconds", "note"]
+    def order(exercise_id):  # "04.2" before "04.10"; a check cell without an id last
+        chapter, _, number = exercise_id.partition(".")
+        return (0, chapter, int(number)) if number.isdigit() else (1, exercise_id, 0)
+
+    return ["notebook", *sorted(ids, key=order), "passed", "seconds", "note"]
 
 
 def table(rows: list[dict]) -> str:
