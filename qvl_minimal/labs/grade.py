@@ -200,7 +200,7 @@ def configure(parser) -> None:
     parser.add_argument("submissions", nargs="+", type=Path, help="student notebooks (.ipynb)")
     parser.add_argument("--csv", type=Path, default=Path("labs/grades.csv"), help="where to write the table (default labs/grades.csv)")
     parser.add_argument("--timeout", type=float, default=300, help="seconds allowed per notebook (default 300)")
-    parser.add_argument("--jobs", type=int, default=1, help="notebooks graded at once (each kernel takes 1-3 GB of memory)")
+    parser.add_argument("--jobs", type=int, default=1, help="notebooks graded at once (each kernel takes 0.5-5 GB of memory)")
     parser.add_argument("--feedback", type=Path, default=None,
                         help="write each executed notebook (outputs and error messages) into this folder, to return")
     parser.add_argument("--real-weights", action="store_true",
