@@ -120,11 +120,17 @@ class Attention(nn.Module):
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is not None:
             k, v = cache.append(self.layer_idx, k, v)  # (B, G, T, hd)
+        r = self.heads // self.kv_heads
+        if x.shape[1] == 1 and mask is None:  # one new token that sees everything (decode)
+            # the r query heads of a group side by side, as r queries of its key/value head: no copy of the cache
+            q = rearrange(q, "b (g r) 1 d -> b g r d", r=r)  # (B, G, r, hd)
+            out = F.scaled_dot_product_attention(q, k, v)  # (B, G, r, hd)
+            return self.o_proj(rearrange(out, "b g r d -> b 1 (g r d)"))  # (B, 1, D)
         # each group of H/G query heads reads the same key/value head
-        k = repeat(k, "b g t d -> b (g r) t d", r=self.heads // self.kv_heads)  # (B, H, T, hd)
-        v = repeat(v, "b g t d -> b (g r) t d", r=self.heads // self.kv_heads)  # (B, H, T, hd)
-        # mask None: plain causal prefill, or one new token that sees everything (see attention_mask_4d)
-        causal = mask is None and x.shape[1] > 1
+        k = repeat(k, "b g t d -> b (g r) t d", r=r)  # (B, H, T, hd)
+        v = repeat(v, "b g t d -> b (g r) t d", r=r)  # (B, H, T, hd)
+        # mask None here: plain causal prefill (see attention_mask_4d)
+        causal = mask is None
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)  # (B, H, L, hd)
         return self.o_proj(rearrange(out, "b h l d -> b l (h d)"))  # (B, L, D)
 

@@ -143,16 +143,9 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
 
     No N x N mask is ever built: segments of equal length (most windows are 64 patches) are
     gathered into one batch for scaled_dot_product_attention; only the distinct lengths loop.
-    When every segment has the same length (the full-attention blocks on one image, windows on an
-    image whose sides are multiples of 112 px) the batch is a reshape, without a gathered copy.
     """
-    starts, lengths = cu_seqlens[:-1].long(), cu_seqlens.diff().long()
-    if bool((lengths == lengths[0]).all()):
-        n = int(lengths[0])
-        qs, ks, vs = (rearrange(x, "(s n) h d -> s h n d", n=n) for x in (q, k, v))
-        o = F.scaled_dot_product_attention(qs, ks, vs)  # (segments, heads, n, head_dim)
-        return rearrange(o, "s h n d -> (s n) h d")  # (N, heads, head_dim)
     q, k, v = (rearrange(x, "n h d -> h n d") for x in (q, k, v))
+    starts, lengths = cu_seqlens[:-1].long(), cu_seqlens.diff().long()
     out = torch.empty_like(q)  # (heads, N, head_dim)
     for n in lengths.unique().tolist():
         idx = starts[lengths == n, None].to(q.device) + torch.arange(n, device=q.device)  # (segments, n) rows
