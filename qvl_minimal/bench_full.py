@@ -34,7 +34,7 @@ def full_standin():
     from .config import CONFIG_DIR, Qwen25VLConfig
     from .model import Qwen25VL
     from .standin import STANDIN_CACHE
-    from .tokenizer import write_tokenizer_files
+    from .tokenizer_files import write_tokenizer_files
 
     folder = STANDIN_CACHE / "standin-3b-full-depth"
     if (folder / "model.safetensors.index.json").is_file():

@@ -239,7 +239,7 @@ def reference_tokenizer(path=None):
     in id order, with the flags of the files' tokenizer_config.json.
     """
     tf = _transformers()
-    from .tokenizer import LAST_ADDED_ID, tokenizer_folder
+    from .tokenizer_files import LAST_ADDED_ID, tokenizer_folder
 
     folder = tokenizer_folder(path)
     if path is not None:
@@ -264,7 +264,7 @@ def reference_processor(path=None, chat_template: str | None = None, tokenizer=N
     images only (calling it with videos= fails).
     """
     tf = _transformers()
-    from .tokenizer import _chat_template, tokenizer_folder
+    from .tokenizer_files import _chat_template, tokenizer_folder
 
     if path is not None:
         chat_template = _chat_template(tokenizer_folder(path)) or chat_template

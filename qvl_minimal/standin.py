@@ -19,7 +19,7 @@ import torch
 
 from .config import CONFIG_DIR, Qwen25VLConfig
 from .reference import TRANSFORMERS_VERSION, build_reference
-from .tokenizer import write_tokenizer_files  # Qwen2.5-VL's tokenizer files and chat template
+from .tokenizer_files import write_tokenizer_files  # Qwen2.5-VL's tokenizer files and chat template
 
 STANDIN_CACHE = Path(os.environ.get("QVL_CACHE", Path.home() / ".cache" / "qvl_minimal"))
 

@@ -23,9 +23,9 @@ import json
 import torch
 from tokenizers import Tokenizer
 
-# moved to tokenizer_files.py; importable from here too: chapters 06, 09, 11 and the appendix import them so
-from .tokenizer_files import (LAST_ADDED_ID, QWEN25VL_CHAT_TEMPLATE, _chat_template, load_tokenizer,  # noqa: F401
-                              tokenizer_folder, write_tokenizer_files)
+# defined in tokenizer_files.py; importable from here too, beside encode_chat (chapters 06, 09, 11 and the
+# appendix import them from this module)
+from .tokenizer_files import LAST_ADDED_ID, QWEN25VL_CHAT_TEMPLATE, load_tokenizer, tokenizer_folder  # noqa: F401
 from .vision import check_grid
 
 SPECIAL_TOKENS = {  # fixed ids: they index rows of the checkpoint's embedding matrix
