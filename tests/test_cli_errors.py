@@ -129,27 +129,17 @@ def test_truncated_shard_header(checkpoint, photo, tmp_path, capsys, content):
     assert_user_error(capsys, [photo, "--checkpoint", folder], "model.safetensors", "truncated")
 
 
-def test_damaged_config(checkpoint, photo, tmp_path, capsys):
-    folder = broken_copy(checkpoint, tmp_path / "ckpt", skip={"config.json"})
-    (folder / "config.json").write_text('{"model_type": "qwen2_5_vl", ')
-    assert_user_error(capsys, [photo, "--checkpoint", folder], "damaged", "download it again")
-
-
-def test_config_of_another_model(checkpoint, photo, tmp_path, capsys):
-    folder = broken_copy(checkpoint, tmp_path / "ckpt", skip={"config.json"})
-    (folder / "config.json").write_text(json.dumps({"model_type": "qwen2_vl"}))
-    assert_user_error(capsys, [photo, "--checkpoint", folder], "qwen2_vl")
-
-
-def test_damaged_generation_config(checkpoint, photo, tmp_path, capsys):
-    folder = broken_copy(checkpoint, tmp_path / "ckpt", skip={"generation_config.json"})
-    (folder / "generation_config.json").write_text('{"eos_token_id": [151645,')
-    assert_user_error(capsys, [photo, "--checkpoint", folder], "generation_config.json", "delete it")
-
-
-def test_missing_tokenizer(checkpoint, photo, tmp_path, capsys):
-    folder = broken_copy(checkpoint, tmp_path / "ckpt", skip={"tokenizer.json"})
-    assert_user_error(capsys, [photo, "--checkpoint", folder], "tokenizer.json")
+@pytest.mark.parametrize("name, content, words", [
+    ("config.json", '{"model_type": "qwen2_5_vl", ', ("damaged", "download it again")),
+    ("config.json", json.dumps({"model_type": "qwen2_vl"}), ("qwen2_vl",)),
+    ("generation_config.json", '{"eos_token_id": [151645,', ("generation_config.json", "delete it")),
+    ("tokenizer.json", None, ("tokenizer.json",)),  # None: the file is missing
+], ids=["damaged config", "config of another model", "damaged generation config", "missing tokenizer"])
+def test_broken_checkpoint_file(checkpoint, photo, tmp_path, capsys, name, content, words):
+    folder = broken_copy(checkpoint, tmp_path / "ckpt", skip={name})
+    if content is not None:
+        (folder / name).write_text(content)
+    assert_user_error(capsys, [photo, "--checkpoint", folder], *words)
 
 
 def test_video_without_pyav(checkpoint, tmp_path, monkeypatch, capsys):

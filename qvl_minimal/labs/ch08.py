@@ -57,35 +57,36 @@ def _real_rows(out: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     return out[attention_mask.bool()]  # (real tokens, D): padded positions hold garbage in every implementation
 
 
-@exercise("08.1", "grouped-query attention")
-def _(attention_mine) -> str:
-    for heads, kv_heads, hd, section, batch, length, pad, what in _LAYOUTS:
+def _agree_on_layouts(what: str, compute, atol: float) -> None:
+    """compute(tc, layer, W, x, cos, sin, mask) -> (expected, mine), compared on every layout's real tokens."""
+    for heads, kv_heads, hd, section, batch, length, pad, layout in _LAYOUTS:
         tc, layer, W, x, cos, sin, mask, attention_mask = _case(heads, kv_heads, hd, section, batch, length, pad)
         with torch.no_grad():
-            xn = layer.input_layernorm(x)
-            expected = layer.self_attn(xn, cos, sin, mask)  # (B, L, D)
-            mine = attention_mine(xn.clone(), W, cos, sin, mask, tc)
-        where = f"{what}, batch {batch} x {length} tokens" + (f", {pad} padding tokens in the last row" if pad else "")
+            expected, mine = compute(tc, layer, W, x, cos, sin, mask)  # (B, L, D) each
+        where = f"{layout}, batch {batch} x {length} tokens" + (f", {pad} padding tokens in the last row" if pad else "")
         if isinstance(mine, torch.Tensor) and mine.shape == expected.shape:
             mine = _real_rows(mine, attention_mask)
-        assert_tensor_matches(mine, _real_rows(expected, attention_mask), f"attention [{where}] (real tokens)",
-                              atol=1e-5, rtol=1e-4)
+        assert_tensor_matches(mine, _real_rows(expected, attention_mask), f"{what} [{where}] (real tokens)",
+                              atol=atol, rtol=1e-4)
+
+
+@exercise("08.1", "grouped-query attention")
+def _(attention_mine) -> str:
+    def compute(tc, layer, W, x, cos, sin, mask):
+        xn = layer.input_layernorm(x)
+        return layer.self_attn(xn, cos, sin, mask), attention_mine(xn.clone(), W, cos, sin, mask, tc)
+
+    _agree_on_layouts("attention", compute, atol=1e-5)
     return f"{len(_LAYOUTS)} head layouts (16/2, 4/4, 8/1, 6/2) incl. left padding, within 1e-5"
 
 
 @exercise("08.2", "the decoder layer")
 def _(decoder_layer_mine) -> str:
-    for heads, kv_heads, hd, section, batch, length, pad, what in _LAYOUTS:
-        tc, layer, W, x, cos, sin, mask, attention_mask = _case(heads, kv_heads, hd, section, batch, length, pad)
+    def compute(tc, layer, W, x, cos, sin, mask):
         x = x * 3 + 1  # a residual stream far from unit scale: the norms must matter
-        with torch.no_grad():
-            expected = layer(x, cos, sin, mask)  # (B, L, D)
-            mine = decoder_layer_mine(x.clone(), W, cos, sin, mask, tc)
-        where = f"{what}, batch {batch} x {length} tokens" + (f", {pad} padding tokens in the last row" if pad else "")
-        if isinstance(mine, torch.Tensor) and mine.shape == expected.shape:
-            mine = _real_rows(mine, attention_mask)
-        assert_tensor_matches(mine, _real_rows(expected, attention_mask), f"decoder layer [{where}] (real tokens)",
-                              atol=1e-4, rtol=1e-4)
+        return layer(x, cos, sin, mask), decoder_layer_mine(x.clone(), W, cos, sin, mask, tc)
+
+    _agree_on_layouts("decoder layer", compute, atol=1e-4)
     return f"{len(_LAYOUTS)} head layouts incl. left padding, within 1e-4"
 
 
