@@ -99,7 +99,9 @@ def run_side(side: str, folder) -> dict:
         new = model.generate(**inputs, max_new_tokens=MAX_NEW_TOKENS, min_new_tokens=MAX_NEW_TOKENS, do_sample=False)
         new = new[:, inputs["input_ids"].shape[1]:]
     end = time.perf_counter()
-    dtype = str(next(p for n, p in model.named_parameters() if "layers" in n).dtype).removeprefix("torch.")
+    dtype = str(next(p for n, p in model.named_parameters() if "norm" in n).dtype).removeprefix("torch.")  # computed in
+    if getattr(model, "storage", None):
+        dtype += f"/{model.storage} storage"
     return {"side": side, "dtype": dtype, "load_s": loaded - start, "generate_s": end - loaded, "wall_s": end - start,
             "new_tokens": int(new.shape[1]), "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6}
 
@@ -110,13 +112,17 @@ def run_full(args) -> int:
     print(f"checkpoint: {folder.name} (the 3B config.json, random bfloat16 weights)", file=sys.stderr)
     from .config import Qwen25VLConfig
     from .dtypes import choose_dtype
-    from .storage import choose_storage
+    from .storage import choose_storage, weights_fit
 
     config = Qwen25VLConfig.from_pretrained(folder)
-    dtype, _ = choose_dtype("cpu")
+    dtype, why = choose_dtype("cpu")
+    storage, why_storage = choose_storage(config, dtype)
+    print(f"ours: computing in {str(dtype).removeprefix('torch.')} ({why})"
+          + (f"; weights stored in {storage} ({why_storage})" if storage else ""))
     sides = ["ours", "reference"]
-    if choose_storage(config, dtype)[0]:  # float32 does not fit: the reference has no bfloat16-storage mode
-        print("reference: skipped (its float32 weights would not fit in the memory available)")
+    fit, why_fit = weights_fit(config, dtype)
+    if not fit:  # the reference keeps its weights in the compute dtype: it has no bfloat16-storage mode
+        print(f"reference: skipped ({why_fit})")
         sides.remove("reference")
     results = []
     for side in sides:
@@ -128,9 +134,9 @@ def run_full(args) -> int:
         results.append(json.loads(done.stdout.strip().splitlines()[-1]))
     print(f"whole 3B (32 vision blocks, 36 decoder layers), photo + 'Describe this image.', {MAX_NEW_TOKENS} new tokens, "
           f"one fresh process each, {torch.get_num_threads()} threads")
-    print(f"{'side':10s} {'dtype':9s} {'load s':>7s} {'generate s':>11s} {'wall s':>7s} {'peak GB':>8s}")
+    print(f"{'side':10s} {'dtype':26s} {'load s':>7s} {'generate s':>11s} {'wall s':>7s} {'peak GB':>8s}")
     for r in results:
-        print(f"{r['side']:10s} {r['dtype']:9s} {r['load_s']:7.1f} {r['generate_s']:11.1f} {r['wall_s']:7.1f} {r['peak_gb']:8.2f}")
+        print(f"{r['side']:10s} {r['dtype']:26s} {r['load_s']:7.1f} {r['generate_s']:11.1f} {r['wall_s']:7.1f} {r['peak_gb']:8.2f}")
     if len(results) == 2:
         print(f"ours / reference: wall {results[0]['wall_s'] / results[1]['wall_s']:.2f}, "
               f"peak memory {results[0]['peak_gb'] / results[1]['peak_gb']:.2f}")

@@ -16,6 +16,7 @@ from torch import nn
 
 from .config import GenerationConfig, Qwen25VLConfig
 from .positions import get_rope_index
+from .storage import upcast
 from .text import KVCache, TextModel
 from .vision import VisionTransformer
 
@@ -61,7 +62,9 @@ class Qwen25VL(nn.Module):
         """Hidden states (..., D) -> logits (..., vocab)."""
         tied = self.config.text_config.tie_word_embeddings
         weight = self.model.embed_tokens.weight if tied else self.lm_head.weight  # (vocab, D)
-        return F.linear(h, weight.to(h.dtype))  # (..., vocab); .to: a no-op unless stored in bfloat16 (storage.py)
+        if weight.dtype != h.dtype:  # bfloat16 storage (storage.py): the table upcast into the scratch buffer
+            weight = upcast(self, weight)  # (vocab, D) float32
+        return F.linear(h, weight)  # (..., vocab)
 
     def check_inputs(self, input_ids, attention_mask, pixel_values, image_grid_thw, pixel_values_videos,
                      video_grid_thw, second_per_grid_ts):

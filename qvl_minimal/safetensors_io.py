@@ -10,15 +10,28 @@ A file from the internet is untrusted input, so `read_header` refuses, with a Ch
 names the file and the tensor: a header that is not UTF-8 JSON or is longer than the cap; an entry
 without `dtype`, `shape` or `data_offsets`; a dtype string safetensors does not define; a negative
 or non-integer size; offsets that are reversed, negative, outside the data section, overlap
-another tensor's, or whose length is not shape x dtype size exactly. Only then does `read_tensor`
-read the bytes, straight into a new tensor (no memory map: the page cache of a 4 GB shard is not
-counted against us, and a file that shrinks under us is an error too).
+another tensor's, or whose length is not shape x dtype size exactly. Only then are bytes taken,
+in one of two ways:
+
+    map_file + mapped_tensor   the file memory-mapped (虚拟内存映射) and each tensor a view of its
+                               bytes: nothing is copied at load; the operating system brings each
+                               page in when it is first touched, from the page cache (页缓存) if the
+                               file was read before. Used for tensors kept in their stored dtype.
+    read_tensor                the bytes read into a new tensor, for tensors converted at load (a
+                               bfloat16 file computed in float32): the file's pages are not kept.
+
+Memory-mapping is what makes loading cost almost nothing (the 3B's 7.5 GB: 6 s read, 0.3 s of page
+mapping) and what the reference's loader does too. The price, the same for both: the file must not be
+rewritten or truncated while the model is in use; a page that vanished from under a mapping stops
+the process (SIGBUS) instead of raising an error. The mapping is private (copy-on-write), so a
+tensor changed in memory never changes the file.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import mmap
 import struct
 from pathlib import Path
 
@@ -115,3 +128,25 @@ def read_tensor(f, entry: tuple, data_start: int) -> torch.Tensor:
     if f.readinto(buffer.numpy()) != len(buffer):
         raise CheckpointError(f"{Path(f.name).name}: the file ended inside a tensor's bytes (it changed while loading?)")
     return buffer.view(DTYPES[dtype][0]).reshape(shape)
+
+
+def map_file(file: Path) -> mmap.mmap:
+    """The whole file memory-mapped, private (copy-on-write: writes stay in memory, never reach the file)."""
+    with open(file, "rb") as f:
+        return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)  # the map keeps its own handle
+
+
+def mapped_tensor(mapped: mmap.mmap, entry: tuple, data_start: int) -> torch.Tensor:
+    """One checked entry as a view of a mapped file's bytes: no copy (see the module's docstring).
+
+    A tensor whose bytes do not start at a multiple of its element size (safetensors aligns them;
+    a hand-made file may not) is copied out instead, since a view needs aligned elements."""
+    dtype, shape, begin, end = entry
+    torch_dtype, size = DTYPES[dtype]
+    offset = data_start + begin
+    if end == begin:
+        return torch.empty(shape, dtype=torch_dtype)
+    if offset % size:
+        raw = torch.frombuffer(mapped, dtype=torch.uint8, count=end - begin, offset=offset)
+        return raw.clone().view(torch_dtype).reshape(shape)
+    return torch.frombuffer(mapped, dtype=torch_dtype, count=(end - begin) // size, offset=offset).reshape(shape)

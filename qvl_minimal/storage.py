@@ -16,9 +16,13 @@ that the pixels, which take its dtype, stay float32 too). Norm weights and biase
     forward hook        the bfloat16 matrices put back; the float32 copies freed
 
 so at most one module's weights exist in float32 at a time (the largest: the 3B head, 1.2 GB).
-The embedding table is looked up in bfloat16 (exact) and its rows cast to float32; the head, which
-multiplies by that same table, upcasts it inside `Qwen25VL.head`. The result equals, bit for bit,
-the float32 model run on the bfloat16-rounded weights: the same float32 operations on the same values.
+The float32 copies are written into ONE buffer, allocated once and reused by every module: a fresh
+1.2 GB tensor per call would be handed back to the operating system when freed and page-faulted
+in again on the next call, 4 KB at a time (measured with the whole 3B and AVX2: 4.6 s per decoded
+token with fresh tensors; see chapter 12). The embedding table is looked up in bfloat16 (exact) and
+its rows cast to float32; the head, which multiplies by that same table, upcasts it inside
+`Qwen25VL.head` (`upcast`). The result equals, bit for bit, the float32 model run on the
+bfloat16-rounded weights: the same float32 operations on the same values.
 """
 
 from __future__ import annotations
@@ -43,10 +47,35 @@ def storage_dtype(name: str, shape, dtype: torch.dtype, storage: str | None) -> 
     return dtype
 
 
+class Scratch:
+    """One float32 buffer that every module's upcast writes into, in turn (see the module's docstring)."""
+
+    def __init__(self, numel: int):
+        self.buffer = torch.empty(numel, dtype=torch.float32)  # (largest module's stored numel,)
+
+    def float32(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Exact float32 copies of `tensors`, side by side in the buffer (valid until the next call)."""
+        out, start = [], 0
+        for t in tensors:
+            view = self.buffer[start:start + t.numel()].view(t.shape)  # (t.shape): a slice, no allocation
+            out.append(view.copy_(t))  # bfloat16 -> float32 is exact
+            start += t.numel()
+        return out
+
+
+def upcast(model: nn.Module, tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor` in float32: through the model's scratch buffer in bfloat16 storage, else `.float()`."""
+    scratch = getattr(model, "_scratch", None)
+    if tensor.dtype != torch.bfloat16 or scratch is None:
+        return tensor.float()
+    return scratch.float32([tensor])[0]
+
+
 def _upcast(module: nn.Module, args) -> None:
     module._stored = {n: p for n, p in module._parameters.items() if p is not None and p.dtype == torch.bfloat16}
-    for n, p in module._stored.items():
-        module._parameters[n] = nn.Parameter(p.float(), requires_grad=False)  # exact; freed after the forward
+    copies = module._scratch.float32(list(module._stored.values()))
+    for n, copy in zip(module._stored, copies):
+        module._parameters[n] = nn.Parameter(copy, requires_grad=False)  # used until this forward returns
 
 
 def _restore(module: nn.Module, args, output):
@@ -62,14 +91,22 @@ def _float_rows(module: nn.Module, args, output: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def store_in_bfloat16(model: nn.Module) -> nn.Module:
     """Keep `model`'s matrices in bfloat16 and compute in float32 (see the module's docstring). In place."""
+    owners = {}  # module name -> its stored numel
     for module_name, module in model.named_modules():
         prefix = f"{module_name}." if module_name else ""
-        stored = False
         for n, p in module.named_parameters(recurse=False):
             if storage_dtype(prefix + n, p.shape, torch.float32, "bfloat16") == torch.bfloat16:
                 module._parameters[n] = nn.Parameter(p.to(torch.bfloat16), requires_grad=False)
-                stored = True
-        if not stored or getattr(module, "_storage_hooks", None):
+                owners[module_name] = owners.get(module_name, 0) + p.numel()
+    nested = [(a, b) for a in owners for b in owners if a != b and b.startswith(f"{a}.")]
+    if nested:  # the scratch buffer holds one module's copies at a time: a parent's would be overwritten
+        raise ValueError(f"bfloat16 storage needs the matrices in leaf modules; {nested[0][0]} and {nested[0][1]} both hold some")
+    if getattr(model, "_scratch", None) is None:
+        model._scratch = Scratch(max(owners.values(), default=0))
+    for module_name in owners:
+        module = model.get_submodule(module_name)
+        module._scratch = model._scratch
+        if getattr(module, "_storage_hooks", None):
             continue
         if isinstance(module, nn.Embedding):
             module._storage_hooks = [module.register_forward_hook(_float_rows)]
@@ -85,8 +122,8 @@ def choose_storage(config: Qwen25VLConfig, dtype: torch.dtype, storage: str | No
 
     1. an explicit `storage` wins ("bfloat16", or "float32"/"none" for plain weights);
     2. else the environment variable QVL_STORAGE;
-    3. else bfloat16 storage when computing in float32 and the float32 weights would take more
-       than 80% of the memory available now (psutil), leaving too little for the rest.
+    3. else bfloat16 storage when computing in float32 and the float32 weights do not fit
+       (`weights_fit`: more than 80% of the memory available now).
     """
     choice = storage or os.environ.get(ENV)
     if choice is not None:
@@ -97,9 +134,18 @@ def choose_storage(config: Qwen25VLConfig, dtype: torch.dtype, storage: str | No
         return ("bfloat16", how) if choice == "bfloat16" and dtype == torch.float32 else (None, how)
     if dtype != torch.float32:
         return None, "weights kept in the compute dtype"
-    need = 4 * count_parameters(config)["total"]
+    fit, why = weights_fit(config, dtype, available)
+    if not fit:
+        return "bfloat16", f"{why}: weights kept in bfloat16 ({2 * count_parameters(config)['total'] / 1e9:.1f} GB), computed in float32"
+    return None, why
+
+
+def weights_fit(config: Qwen25VLConfig, dtype: torch.dtype, available: int | None = None) -> tuple[bool, str]:
+    """Do the weights in `dtype` fit: at most 80% of the memory available now (psutil), leaving the
+    rest for activations, the KV cache and everything else running? -> (answer, one line saying why)."""
+    need = torch.finfo(dtype).bits // 8 * count_parameters(config)["total"]
     available = psutil.virtual_memory().available if available is None else available
+    name = str(dtype).removeprefix("torch.")
     if need > 0.8 * available:
-        return "bfloat16", (f"float32 weights need {need / 1e9:.1f} GB, {available / 1e9:.1f} GB of memory is "
-                            f"available: weights kept in bfloat16 ({need / 2e9:.1f} GB), computed in float32")
-    return None, f"float32 weights fit ({need / 1e9:.1f} GB of {available / 1e9:.1f} GB available)"
+        return False, f"{name} weights need {need / 1e9:.1f} GB, {available / 1e9:.1f} GB of memory is available"
+    return True, f"{name} weights fit ({need / 1e9:.1f} GB of {available / 1e9:.1f} GB available)"

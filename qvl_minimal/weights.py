@@ -2,13 +2,14 @@
 
 A checkpoint in the Hugging Face layout is a `config.json` plus either one `model.safetensors`
 or several shards listed by `model.safetensors.index.json`. `safetensors_io` reads them strictly
-(every header field checked; a checkpoint from the internet is untrusted input), each tensor's
-bytes straight into a buffer converted into its final parameter, so peak memory stays near the
-size of the model itself; a truncated download or a renamed tensor is reported with the file and
-the tensor's name.
+(every header field checked; a checkpoint from the internet is untrusted input), a tensor kept
+in its stored dtype becomes a view of the memory-mapped file (no copy: loading the 3B's 7.5 GB of
+bfloat16 takes about a second), a tensor converted at load is read and converted one at a time, so
+peak memory stays near the size of the model itself; a truncated download or a renamed tensor is
+reported with the file and the tensor's name.
 
-The model is first built on the meta device (shapes only, no memory), then each parameter is
-replaced by the tensor read from disk.
+The model is first built on the meta device (shapes only, no memory, no random initialisation),
+then each parameter is replaced by the tensor from disk.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import json
 import os
 import sys
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -26,7 +28,7 @@ from .config import GenerationConfig, Qwen25VLConfig
 from .dtypes import choose_dtype
 from .model import Qwen25VL
 from .storage import choose_storage, storage_dtype, store_in_bfloat16
-from .safetensors_io import DTYPES, CheckpointError, read_header, read_tensor  # noqa: F401 (re-exported)
+from .safetensors_io import DTYPES, CheckpointError, map_file, mapped_tensor, read_header, read_tensor  # noqa: F401
 
 HUB_REPO = "Qwen/Qwen2.5-VL-3B-Instruct"
 DOWNLOAD_HINT = (
@@ -97,6 +99,21 @@ def shard_files(folder: Path) -> dict[Path, list[str] | None]:
         if not file.is_file():
             raise CheckpointError(f"{file.name} is listed in model.safetensors.index.json but missing. {DOWNLOAD_HINT}")
     return shards
+
+
+@contextmanager
+def _no_random_init():
+    """Build modules without their random initialisation: every parameter is replaced from the file
+    anyway, and on the meta device the first `normal_` costs 1-2 s (it imports sympy) for nothing."""
+    names = ("normal_", "uniform_", "kaiming_uniform_")
+    saved = {n: getattr(torch.nn.init, n) for n in names}
+    for n in names:
+        setattr(torch.nn.init, n, lambda tensor, *args, **kwargs: tensor)
+    try:
+        yield
+    finally:
+        for n, fn in saved.items():
+            setattr(torch.nn.init, n, fn)
 
 
 def _set_tensor(model: torch.nn.Module, name: str, tensor: torch.Tensor) -> None:
@@ -197,8 +214,8 @@ def load_pretrained(path=None, dtype: torch.dtype | str | None = None, device: s
     storage, why = choose_storage(config, dtype, storage)
     if progress and storage:
         print(f"storing weights in {storage}: {why}", file=sys.stderr)
-    with torch.device("meta"):
-        model = Qwen25VL(config)
+    with torch.device("meta"), _no_random_init():
+        model = Qwen25VL(config)  # shapes only
     model.generation_config = GenerationConfig.from_pretrained(folder, config)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     shards = shard_files(folder)
@@ -212,6 +229,7 @@ def load_pretrained(path=None, dtype: torch.dtype | str | None = None, device: s
         entries, data_start = headers[file]
         if names is not None and (absent := sorted(set(names) - entries.keys())):
             raise CheckpointError(f"{file.name}: the index lists {absent[:3]} here, but the file does not hold them")
+        mapped, on_cpu = map_file(file), torch.device(device).type == "cpu"
         with open(file, "rb") as f:
             for stored, entry in entries.items():
                 name = rename(stored)
@@ -229,7 +247,11 @@ def load_pretrained(path=None, dtype: torch.dtype | str | None = None, device: s
                         "the config.json and the weights belong to different models"
                     )
                 keep = storage_dtype(name, entry[1], dtype, storage)  # dtype, or bfloat16 in storage mode
-                _set_tensor(model, name, read_tensor(f, entry, data_start).to(device=device, dtype=keep))
+                if on_cpu and keep == DTYPES[entry[0]][0]:
+                    tensor = mapped_tensor(mapped, entry, data_start)  # a view of the file: no copy
+                else:
+                    tensor = read_tensor(f, entry, data_start).to(device=device, dtype=keep)  # converted
+                _set_tensor(model, name, tensor)
                 where[name] = (file, entry, data_start)
     if missing := sorted(expected.keys() - where.keys()):
         raise CheckpointError(f"{folder.name}: {len(missing)} tensors missing from the checkpoint, e.g. {missing[:3]}")

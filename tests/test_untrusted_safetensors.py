@@ -9,7 +9,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from qvl_minimal.safetensors_io import MAX_HEADER_BYTES, CheckpointError, read_header, read_tensor
+from qvl_minimal.safetensors_io import (MAX_HEADER_BYTES, CheckpointError, map_file, mapped_tensor, read_header,
+                                        read_tensor)
 from qvl_minimal.weights import shard_files
 
 
@@ -33,6 +34,26 @@ def test_a_good_file_reads_back(tmp_path):
     with open(file, "rb") as f:
         for name, tensor in tensors.items():
             assert torch.equal(read_tensor(f, entries[name], start), tensor), name
+
+
+def test_mapped_tensors_equal_read_ones_and_never_write_the_file(tmp_path):
+    """The loader's zero-copy path: views of a private memory map. Same values as read_tensor, a
+    misaligned tensor (hand-made file) is copied out, and writing a mapped tensor leaves the file as it was."""
+    file = tmp_path / "good.safetensors"
+    tensors = {"a": torch.arange(6.0).reshape(2, 3), "c": torch.zeros(0, 3, dtype=torch.bfloat16),
+               "d": torch.arange(5, dtype=torch.bfloat16)}
+    save_file(tensors, file, metadata={"format": "pt"})
+    entries, start = read_header(file)
+    mapped = map_file(file)
+    for name, tensor in tensors.items():
+        assert torch.equal(mapped_tensor(mapped, entries[name], start), tensor), name
+    before = file.read_bytes()
+    mapped_tensor(mapped, entries["a"], start).fill_(7.0)  # copy-on-write: the process's copy only
+    assert file.read_bytes() == before
+    odd = write_raw(tmp_path / "odd.safetensors", {"w": norm(1)}, b"\0" + torch.arange(4.0).numpy().tobytes())
+    entries, start = read_header(odd)  # begins at byte 1 of the data section
+    assert (start + 1) % 4  # not float32-aligned in the file
+    assert torch.equal(mapped_tensor(map_file(odd), entries["w"], start), torch.arange(4.0))
 
 
 CASES = {  # name: (header, data, the message)
