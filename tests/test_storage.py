@@ -57,6 +57,22 @@ def test_exactly_the_float32_model_on_rounded_weights(trio):
     assert torch.equal(stored.generate(max_new_tokens=6, **batch), rounded.generate(max_new_tokens=6, **batch))
 
 
+def test_upcasts_reuse_one_buffer(trio):
+    """Every module's float32 copies live in the model's one scratch buffer, sized for the largest module."""
+    cfg, ours, stored, _ = trio
+    buffer = stored._scratch.buffer
+    largest = max(sum(p.numel() for p in m.parameters(recurse=False) if p.dtype == torch.bfloat16)
+                  for m in stored.modules())
+    assert buffer.numel() == largest == cfg.text_config.vocab_size * cfg.text_config.hidden_size  # the head
+    seen = []
+    for module in (stored.visual.blocks[0].attn.qkv, stored.model.layers[0].mlp.down_proj):
+        module.register_forward_pre_hook(lambda m, args: seen.append((m.weight.dtype, m.weight.data_ptr())))
+    with torch.no_grad():
+        stored(**inputs(cfg))
+    begin, end = buffer.data_ptr(), buffer.data_ptr() + buffer.nbytes
+    assert seen and all(dtype == torch.float32 and begin <= ptr < end for dtype, ptr in seen)
+
+
 def test_agrees_with_float32_to_the_rounding_of_the_weights(trio):
     cfg, ours, stored, _ = trio
     batch = inputs(cfg)
