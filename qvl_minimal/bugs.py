@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import random
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Callable
 

@@ -8,7 +8,6 @@ from the library's `sample_frame_indices`, `preprocess_video` and `get_rope_inde
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
-import numpy as np
 
 from ..config import Qwen25VLConfig
 from ..positions import vision_positions
