@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 from qvl_minimal.safetensors_io import (MAX_HEADER_BYTES, CheckpointError, map_file, mapped_tensor, read_header,
-                                        read_tensor)
+                                        read_tensor, release_pages)
 from qvl_minimal.weights import shard_files
 
 
@@ -54,6 +54,22 @@ def test_mapped_tensors_equal_read_ones_and_never_write_the_file(tmp_path):
     entries, start = read_header(odd)  # begins at byte 1 of the data section
     assert (start + 1) % 4  # not float32-aligned in the file
     assert torch.equal(mapped_tensor(map_file(odd), entries["w"], start), torch.arange(4.0))
+
+
+def test_released_pages_read_back_and_spare_the_neighbours(tmp_path):
+    """release_pages drops a converted tensor's pages; the map still reads the file's bytes afterwards,
+    and a neighbour sharing a page at either end keeps its values (those pages are never dropped)."""
+    file = tmp_path / "three.safetensors"
+    tensors = {"a": torch.arange(1000.0), "b": torch.arange(50_000.0), "c": -torch.arange(1000.0)}
+    save_file(tensors, file, metadata={"format": "pt"})
+    entries, start = read_header(file)
+    mapped = map_file(file)
+    views = {name: mapped_tensor(mapped, entries[name], start) for name in tensors}
+    converted = views["b"].double()  # the loader's float32 path: a copy, then the pages released
+    release_pages(mapped, entries["b"], start)
+    assert torch.equal(converted, tensors["b"].double())
+    for name, tensor in tensors.items():
+        assert torch.equal(views[name], tensor), name
 
 
 CASES = {  # name: (header, data, the message)
