@@ -13,7 +13,8 @@ that the pixels, which take its dtype, stay float32 too). Norm weights and biase
 (a few MB). Every module that owns a stored matrix gets two hooks:
 
     forward pre-hook    its bfloat16 matrices replaced by float32 copies (bfloat16 -> float32 is exact)
-    forward hook        the bfloat16 matrices put back; the float32 copies freed
+    forward hook        the bfloat16 matrices put back (the copies stay in the buffer below
+                        until the next module overwrites them)
 
 so at most one module's weights exist in float32 at a time (the largest: the 3B head, 1.2 GB).
 The float32 copies are written into ONE buffer, allocated once and reused by every module: a fresh

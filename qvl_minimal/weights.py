@@ -2,11 +2,11 @@
 
 A checkpoint in the Hugging Face layout is a `config.json` plus either one `model.safetensors`
 or several shards listed by `model.safetensors.index.json`. `safetensors_io` reads them strictly
-(every header field checked; a checkpoint from the internet is untrusted input), a tensor kept
+(every header field checked; a checkpoint from the internet is untrusted input). A tensor kept
 in its stored dtype becomes a view of the memory-mapped file (no copy: loading the 3B's 7.5 GB of
-bfloat16 takes 0.2 s), a tensor converted at load is converted out of the map one at a time and its
-file pages dropped, so peak memory stays near the size of the model itself; a truncated download or a renamed tensor is
-reported with the file and the tensor's name.
+bfloat16 takes 0.2 s); a tensor converted at load is converted out of the map, one at a time, and
+its file pages dropped, so peak memory stays near the size of the model itself. A truncated download
+or a renamed tensor is reported with the file and the tensor's name.
 
 The model is first built on the meta device (shapes only, no memory, no random initialisation),
 then each parameter is replaced by the tensor from disk.

@@ -15,7 +15,6 @@ videos with several time steps and an odd frame count.
 
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 from PIL import Image

@@ -11,7 +11,6 @@ floor, the 768 cap, an odd count, a clip shorter than its 2 fps target); 10.2 wi
 
 from __future__ import annotations
 
-
 import torch
 
 from ..config import Qwen25VLConfig
