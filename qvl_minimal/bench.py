@@ -35,7 +35,7 @@ def configure(parser) -> None:
     parser.add_argument("--quick", action="store_true", help="the tiny preset, one repeat: a smoke test in seconds")
     parser.add_argument("--full", action="store_true",
                         help="the whole 3B architecture (random weights) end to end: load + describe the photo, 32 tokens")
-    parser.add_argument("--repeats", type=int, default=None, help="timed runs per row and side (default 3; --quick: 1)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed runs per row and side (default 3; --quick and --full: 1)")
     parser.add_argument("--dtype", action="append", choices=list(DTYPE_NAMES.values()),
                         help="only this dtype (repeatable); default float32, plus bfloat16 where native")
 

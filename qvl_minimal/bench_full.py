@@ -7,7 +7,8 @@
     run_side(side)   one fresh process: load the checkpoint, answer chapter 11's question about the
                      sample photo with 32 new tokens; prints its wall time and peak resident memory
 
-Each side runs in its own process, so that each peak memory is its own. The dtype is what
+Each side runs in its own process, so that each peak memory is its own; with --repeats N the sides
+alternate N times and the median run of each is printed. The dtype is what
 load_pretrained chooses (dtypes.choose_dtype, storage.choose_storage); $QVL_DTYPE overrides. The
 reference runs only where its bfloat16 model fits (it has no bfloat16-storage mode).
 """
@@ -106,6 +107,13 @@ def run_side(side: str, folder) -> dict:
             "new_tokens": int(new.shape[1]), "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6}
 
 
+def median_run(runs: list[dict]) -> dict:
+    """One side's runs -> the run with the median wall time (its load and generate times with it); the
+    highest peak memory of all."""
+    middle = sorted(runs, key=lambda r: r["wall_s"])[(len(runs) - 1) // 2]
+    return {**middle, "peak_gb": max(r["peak_gb"] for r in runs)}
+
+
 def run_full(args) -> int:
     """Write the stand-in if needed, then run ours and the reference, each in a fresh process."""
     folder = full_standin()
@@ -124,16 +132,17 @@ def run_full(args) -> int:
     if not fit:  # the reference keeps its weights in the compute dtype: it has no bfloat16-storage mode
         print(f"reference: skipped ({why_fit})")
         sides.remove("reference")
-    results = []
-    for side in sides:
-        code = f"import json; from qvl_minimal.bench_full import run_side; print(json.dumps(run_side({side!r}, {str(folder)!r})))"
-        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=os.environ)
-        if done.returncode:
-            print(f"{side}: failed ({done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode})")
-            continue
-        results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    runs = {side: [] for side in sides}
+    for _ in range(max(1, args.repeats or 1)):  # ours, reference, ours, ...: a noisy neighbour hurts both alike
+        for side in sides:
+            code = f"import json; from qvl_minimal.bench_full import run_side; print(json.dumps(run_side({side!r}, {str(folder)!r})))"
+            done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=os.environ)
+            if done.returncode:
+                raise SystemExit(f"{side}: failed ({done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode})")
+            runs[side].append(json.loads(done.stdout.strip().splitlines()[-1]))
+    results = [median_run(runs[side]) for side in sides]
     print(f"whole 3B (32 vision blocks, 36 decoder layers), photo + 'Describe this image.', {MAX_NEW_TOKENS} new tokens, "
-          f"one fresh process each, {torch.get_num_threads()} threads")
+          f"one fresh process per run, {torch.get_num_threads()} threads, median of {len(runs['ours'])} run(s) per side")
     print(f"{'side':10s} {'dtype':26s} {'load s':>7s} {'generate s':>11s} {'wall s':>7s} {'peak GB':>8s}")
     for r in results:
         print(f"{r['side']:10s} {r['dtype']:26s} {r['load_s']:7.1f} {r['generate_s']:11.1f} {r['wall_s']:7.1f} {r['peak_gb']:8.2f}")

@@ -53,3 +53,13 @@ def test_bench_is_a_command(capsys):
     except SystemExit as e:
         assert e.code == 0
     assert "--quick" in capsys.readouterr().out
+
+
+def test_full_run_keeps_the_median_run_and_the_highest_peak():
+    """bench --full --repeats N: each side's run with the median wall time, and the highest peak of all."""
+    from qvl_minimal.bench_full import median_run
+
+    runs = [{"wall_s": 30.0, "load_s": 1.0, "peak_gb": 7.0}, {"wall_s": 20.0, "load_s": 2.0, "peak_gb": 7.5},
+            {"wall_s": 25.0, "load_s": 3.0, "peak_gb": 7.2}]
+    assert median_run(runs) == {"wall_s": 25.0, "load_s": 3.0, "peak_gb": 7.5}
+    assert median_run(runs[:2])["wall_s"] == 20.0  # an even count: the faster of the two middle runs
