@@ -1,7 +1,8 @@
 """`python -m qvl_minimal bench`: our model against the reference, in one process, on this machine.
 
     bench            3B widths, reduced depth (2 vision blocks, one of them full attention; 2 decoder
-                     layers): every row is per-layer work at the real sizes, the load is of that checkpoint
+                     layers): every row is work at the real sizes, the load is of that checkpoint; work
+                     done once per image or prompt weighs more here than in the whole model
     bench --quick    the tiny preset (seconds; what the tests run)
     bench --full     the whole 3B architecture end to end (see bench_full.py)
 
@@ -238,6 +239,8 @@ def bench(quick: bool = False, repeats: int | None = None, dtypes=None) -> tuple
             f"(full attention in {list(c.vision_config.fullatt_block_indexes)}), {c.text_config.num_hidden_layers} "
             f"decoder layers; random weights; median of {repeats}, ours and the reference alternating; "
             f"{torch.get_num_threads()} threads" + ("; images shrunk to 64 tokens at most" if quick else "") +
+            "\nreduced depth magnifies work done once per image or prompt (e.g. the patch embedding); "
+            "bench --full measures the whole model"
             "\nload: in the stored dtype (bfloat16) both sides map the files into memory without reading them, so the "
             "reading is paid later, in the first run; a dtype conversion (float32) is paid at load by both")
     assert all(not (isinstance(v, float) and math.isnan(v)) for r in rows for v in r.values())
