@@ -226,11 +226,12 @@ def load_pretrained(path=None, dtype: torch.dtype | str | None = None, device: s
         print(f"checkpoint layout: {layout}", file=sys.stderr)
     tied = config.text_config.tie_word_embeddings
     where: dict[str, tuple] = {}  # our name -> (file, entry, data_start) of what was loaded
+    on_cpu = torch.device(device).type == "cpu"  # only there can a tensor stay a view of the file
     for file, names in tqdm(shards.items(), desc="loading shards", unit="shard", disable=not progress):
         entries, data_start = headers[file]
         if names is not None and (absent := sorted(set(names) - entries.keys())):
             raise CheckpointError(f"{file.name}: the index lists {absent[:3]} here, but the file does not hold them")
-        mapped, on_cpu = map_file(file), torch.device(device).type == "cpu"
+        mapped = map_file(file)
         for stored, entry in entries.items():
             name = rename(stored)
             if name in where:

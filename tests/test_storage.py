@@ -65,10 +65,12 @@ def test_upcasts_reuse_one_buffer(trio):
                   for m in stored.modules())
     assert buffer.numel() == largest == cfg.text_config.vocab_size * cfg.text_config.hidden_size  # the head
     seen = []
-    for module in (stored.visual.blocks[0].attn.qkv, stored.model.layers[0].mlp.down_proj):
-        module.register_forward_pre_hook(lambda m, args: seen.append((m.weight.dtype, m.weight.data_ptr())))
+    hooks = [module.register_forward_pre_hook(lambda m, args: seen.append((m.weight.dtype, m.weight.data_ptr())))
+             for module in (stored.visual.blocks[0].attn.qkv, stored.model.layers[0].mlp.down_proj)]
     with torch.no_grad():
         stored(**inputs(cfg))
+    for hook in hooks:  # the model is the module's shared fixture
+        hook.remove()
     begin, end = buffer.data_ptr(), buffer.data_ptr() + buffer.nbytes
     assert seen and all(dtype == torch.float32 and begin <= ptr < end for dtype, ptr in seen)
 
