@@ -212,7 +212,7 @@ def load_pretrained(path=None, dtype: torch.dtype | str | None = None, device: s
         warnings.warn(FLOAT16_REFUSAL.replace("is refused", "was allowed"), stacklevel=2)
     if progress:
         print(f"computing in {str(dtype).removeprefix('torch.')}: {why}", file=sys.stderr)
-    storage, why = choose_storage(config, dtype, storage)
+    storage, why = choose_storage(config, dtype, storage, device=device)
     if progress and storage:
         print(f"storing weights in {storage}: {why}", file=sys.stderr)
     with torch.device("meta"), _no_random_init():

@@ -11,7 +11,7 @@ import torch
 
 import qvl_minimal as qvl
 from qvl_minimal.standin import standin_checkpoint
-from qvl_minimal.storage import choose_storage, storage_dtype, store_in_bfloat16
+from qvl_minimal.storage import choose_storage, free_memory, storage_dtype, store_in_bfloat16, weights_fit
 
 sys.path.insert(0, __import__("os").path.dirname(__file__))
 from model_helpers import load_pair, sample  # noqa: E402
@@ -103,3 +103,60 @@ def test_choose_storage():
     assert choose_storage(cfg, torch.float32, "bfloat16", available=10**12) == ("bfloat16", "as asked")
     with pytest.raises(ValueError, match="choose 'bfloat16'"):
         choose_storage(cfg, torch.float32, "int8")
+
+
+class Interrupt(BaseException):
+    """Stands for Ctrl-C: like KeyboardInterrupt, it is not an Exception, so torch's always_call hooks miss it."""
+
+
+@pytest.mark.parametrize("where", ["visual.blocks.0.attn.qkv", "visual.merger.mlp.2", "model.layers.0.self_attn.q_proj",
+                                   "model.layers.LAST.mlp.down_proj"])
+@pytest.mark.parametrize("kind", [RuntimeError, Interrupt])
+def test_an_interrupted_forward_changes_nothing(trio, where, kind):
+    """An exception (or Ctrl-C) inside one module's forward, in the first or the last layer: every later
+    forward computes exactly what it computed before, and every matrix is back in bfloat16."""
+    cfg, ours, stored, _ = trio
+    batch = inputs(cfg)
+    with torch.no_grad():
+        before = stored(**batch)
+        module = stored.get_submodule(where.replace("LAST", str(cfg.text_config.num_hidden_layers - 1)))
+
+        def fail(m, args):  # runs after the storage pre-hook has swapped in the float32 copies
+            raise kind("interrupted")
+
+        hook = module.register_forward_pre_hook(fail)
+        try:
+            with pytest.raises(kind):
+                stored(**batch)
+        finally:
+            hook.remove()
+        stored.visual.blocks[0].mlp.down_proj(torch.randn(3, cfg.vision_config.intermediate_size))  # overwrites the buffer
+        after = stored(**batch)
+    assert torch.equal(before, after)
+    assert module.weight.dtype == torch.bfloat16
+    assert all(p.dtype in (torch.bfloat16, torch.float32) for p in stored.parameters())
+    assert {n for n, p in stored.named_parameters() if p.dtype == torch.bfloat16} == \
+        {n for n, p in stored.named_parameters() if storage_dtype(n, p.shape, torch.float32, "bfloat16") == torch.bfloat16}
+
+
+def test_storage_follows_the_device():
+    """The scratch buffer is made on the weights' device, and the memory rule asks that device."""
+    cfg = qvl.Qwen25VLConfig.preset("tiny")
+    with torch.device("meta"):
+        model = qvl.Qwen25VL(cfg)
+    store_in_bfloat16(model)
+    assert model._scratch.buffer.device.type == "meta"
+    fit, why = weights_fit(qvl.Qwen25VLConfig.preset("3b"), torch.float32, device="meta")
+    assert fit and "meta" in why  # shapes only: no memory to run out of
+    assert choose_storage(qvl.Qwen25VLConfig.preset("3b"), torch.float32, device="meta")[0] is None
+    cfg3b = qvl.Qwen25VLConfig.preset("3b")
+    assert choose_storage(cfg3b, torch.float32, available=12_000_000_000, device="cuda")[0] == "bfloat16"
+    assert "on cuda" in weights_fit(cfg3b, torch.float32, available=64_000_000_000, device="cuda")[1]
+    with pytest.raises(ValueError, match="storage='bfloat16'"):
+        free_memory("mps")
+
+
+def test_storage_variable_is_named(monkeypatch):
+    monkeypatch.setenv("QVL_STORAGE", "bf16")
+    with pytest.raises(ValueError, match=r"\$QVL_STORAGE = 'bf16'.*'bfloat16'"):
+        choose_storage(qvl.Qwen25VLConfig.preset("tiny"), torch.float32)
