@@ -32,13 +32,17 @@ class Exercise:
     id: str                        # "04.1": chapter 04, exercise 1
     title: str                     # what the student builds, a few words
     checker: Callable[[Any], str]  # answer -> summary; raises AssertionError when wrong
+    expected: Callable[[], Any] | None = None  # a quiz's right answer (predict-a-value exercises only):
+    #                                            the handout test checks it appears nowhere in the handout
 
 
 EXERCISES: dict[str, Exercise] = {}
 
 
-def exercise(exercise_id: str, title: str):
-    """Register `checker(answer) -> summary` under `exercise_id` ("CC.N")."""
+def exercise(exercise_id: str, title: str, expected: Callable[[], Any] | None = None):
+    """Register `checker(answer) -> summary` under `exercise_id` ("CC.N"). A quiz (the student predicts a
+    value) also passes `expected`, a function that computes the right answer, so that a test can check
+    the value is printed nowhere in the chapter's handout."""
     chapter, _, number = exercise_id.partition(".")
     if not (len(chapter) == 2 and chapter.isdigit() and number.isdigit()):
         raise ValueError(f"exercise id {exercise_id!r}: write it as 'CC.N', e.g. '04.1'")
@@ -46,7 +50,7 @@ def exercise(exercise_id: str, title: str):
     def register(checker):
         if exercise_id in EXERCISES and EXERCISES[exercise_id].checker is not checker:
             raise ValueError(f"exercise {exercise_id} is registered twice")
-        EXERCISES[exercise_id] = Exercise(exercise_id, title, checker)
+        EXERCISES[exercise_id] = Exercise(exercise_id, title, checker, expected)
         return checker
 
     return register
