@@ -7,10 +7,13 @@ A safetensors file is simple:
     the rest      the data section: the raw bytes of every tensor, offsets counted from its start
 
 A file from the internet is untrusted input, so `read_header` refuses, with a CheckpointError that
-names the file and the tensor: a header that is not UTF-8 JSON or is longer than the cap; an entry
-without `dtype`, `shape` or `data_offsets`; a dtype string safetensors does not define; a negative
-or non-integer size; offsets that are reversed, negative, outside the data section, overlap
-another tensor's, or whose length is not shape x dtype size exactly. Only then are bytes taken:
+names the file and the tensor: a header that is not UTF-8 JSON, is longer than the cap, nests too deep
+for the parser or holds a number too long to parse; `__metadata__` that is not {str: str}; an
+entry without `dtype`, `shape` or `data_offsets`; a dtype that is not one of the strings safetensors
+defines; a negative or non-integer size; offsets that are reversed, negative, outside the data
+section, overlap another tensor's, or whose length is not shape x dtype size exactly; bytes of the
+data section that no tensor owns (a gap between tensors, or bytes after the last: the safetensors
+library refuses both). Only then are bytes taken:
 
     map_file + mapped_tensor   the file memory-mapped (内存映射) and each tensor a view of its bytes:
                                nothing is copied; the operating system brings each page in when it
@@ -21,9 +24,13 @@ another tensor's, or whose length is not shape x dtype size exactly. Only then a
 
 Memory-mapping is what makes loading cost almost nothing (the 3B's 7.5 GB: 9 s read, 0.2 s mapped)
 and what the reference's loader does too. The price, the same for both: the file must not be
-rewritten or truncated while the model is in use; a page that vanished from under a mapping stops
-the process (SIGBUS) instead of raising an error. The mapping is private (copy-on-write), so a
-tensor changed in memory never changes the file.
+rewritten or truncated while the model is in use. Truncated: a page that vanished from under a
+mapping stops the process (SIGBUS) instead of raising an error. Rewritten in place (the same file
+written over, not replaced by a new file): the model's weights silently become the new bytes, with
+no error at all, because every page not yet copied is read from the file. The mapping is private
+(MAP_PRIVATE, copy-on-write) in one direction only: OUR writes to a tensor stay in this process and
+never reach the file; other programs' writes to the file DO reach the model. Replacing the file
+(write a new file, then rename it over the old one, as downloads do) is safe: the map keeps the old one.
 """
 
 from __future__ import annotations
@@ -58,7 +65,7 @@ def _entry(file: Path, name: str, raw) -> tuple[str, tuple[int, ...], int, int]:
     if absent := [k for k in ("dtype", "shape", "data_offsets") if k not in raw]:
         raise CheckpointError(f"{where}: the header entry has no {', '.join(absent)} (corrupt or not safetensors)")
     dtype, shape, offsets = raw["dtype"], raw["shape"], raw["data_offsets"]
-    if dtype not in DTYPES:
+    if not isinstance(dtype, str) or dtype not in DTYPES:
         raise CheckpointError(f"{where}: unknown dtype {dtype!r}; safetensors defines {', '.join(DTYPES)}")
     if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
         raise CheckpointError(f"{where}: shape {shape!r} is not a list of integers >= 0")
@@ -90,17 +97,11 @@ def read_header(file: Path) -> tuple[dict, int]:
         if n > size - 8:
             raise CheckpointError(f"{file.name}: header of {n} bytes but file has {size} (truncated download?)")
         text = f.read(n)
-    try:
-        header = json.loads(text.decode("utf-8"))
-    except UnicodeDecodeError as e:
-        raise CheckpointError(f"{file.name}: the header is not UTF-8 text (byte {e.start}); "
-                              "not a safetensors file, or a corrupt one") from None
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{file.name}: the header is not JSON ({e.msg} at character {e.pos}); "
-                              "not a safetensors file, or a corrupt one") from None
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{file.name}: the header is a JSON {type(header).__name__}, not an object")
-    header.pop("__metadata__", None)
+    header = _parse_json(file, text)
+    metadata = header.pop("__metadata__", {})
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise CheckpointError(f"{file.name}: __metadata__ is {json.dumps(metadata)[:80]}, not an object of "
+                              "strings ({\"format\": \"pt\"}); the file is corrupt or crafted")
     entries = {name: _entry(file, name, raw) for name, raw in header.items()}
     data = size - 8 - n  # bytes in the data section
     end = max((e[3] for e in entries.values()), default=0)
@@ -114,7 +115,38 @@ def read_header(file: Path) -> tuple[dict, int]:
         if begin_b < end_a:
             raise CheckpointError(f"{file.name}: tensor {b!r} overlaps tensor {a!r} (bytes {begin_b}..{end_a} "
                                   "are claimed by both); the file is corrupt or crafted")
+    owned = 0  # the data section, walked in order: every byte must belong to a tensor
+    for begin, end, name in spans:
+        if begin != owned:
+            raise CheckpointError(f"{file.name}: bytes {owned:,}..{begin:,} of the data section, before tensor {name!r}, "
+                                  "belong to no tensor (the safetensors library refuses such a file); corrupt or crafted")
+        owned = end
+    if owned != data:
+        raise CheckpointError(f"{file.name}: the data section holds {data - owned:,} bytes after the last tensor "
+                              f"(bytes {owned:,}..{data:,} belong to no tensor; the safetensors library refuses "
+                              "such a file); the file is corrupt, or was appended to")
     return entries, 8 + n
+
+
+def _parse_json(file: Path, text: bytes) -> dict:
+    """The header's bytes -> a dict, or a CheckpointError saying what is wrong with them."""
+    try:
+        header = json.loads(text.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise CheckpointError(f"{file.name}: the header is not UTF-8 text (byte {e.start}); "
+                              "not a safetensors file, or a corrupt one") from None
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{file.name}: the header is not JSON ({e.msg} at character {e.pos}); "
+                              "not a safetensors file, or a corrupt one") from None
+    except RecursionError:  # Python's parser recurses once per level: [[[[...]]]] 100,000 deep stops it
+        raise CheckpointError(f"{file.name}: the header nests too deep to parse (a real one nests 3 levels); "
+                              "the file is corrupt or crafted") from None
+    except ValueError as e:  # a number of thousands of digits: Python refuses to convert it
+        raise CheckpointError(f"{file.name}: the header holds a number too long to read ({str(e).split(':')[0]}); "
+                              "the file is corrupt or crafted") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{file.name}: the header is a JSON {type(header).__name__}, not an object")
+    return header
 
 
 def read_tensor(f, entry: tuple, data_start: int) -> torch.Tensor:
@@ -130,7 +162,8 @@ def read_tensor(f, entry: tuple, data_start: int) -> torch.Tensor:
 
 
 def map_file(file: Path) -> mmap.mmap:
-    """The whole file memory-mapped, private (copy-on-write: writes stay in memory, never reach the file)."""
+    """The whole file memory-mapped, private: copy-on-write for OUR writes (they stay in memory, never reach
+    the file), but not a snapshot: another program rewriting the file in place changes the tensors."""
     with open(file, "rb") as f:
         return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)  # the map keeps its own handle
 

@@ -50,8 +50,9 @@ def test_mapped_tensors_equal_read_ones_and_never_write_the_file(tmp_path):
     before = file.read_bytes()
     mapped_tensor(mapped, entries["a"], start).fill_(7.0)  # copy-on-write: the process's copy only
     assert file.read_bytes() == before
-    odd = write_raw(tmp_path / "odd.safetensors", {"w": norm(1)}, b"\0" + torch.arange(4.0).numpy().tobytes())
-    entries, start = read_header(odd)  # begins at byte 1 of the data section
+    odd = write_raw(tmp_path / "odd.safetensors", {"b": {"dtype": "U8", "shape": [1], "data_offsets": [0, 1]},
+                                                    "w": norm(1)}, b"\0" + torch.arange(4.0).numpy().tobytes())
+    entries, start = read_header(odd)  # w begins at byte 1 of the data section
     assert (start + 1) % 4  # not float32-aligned in the file
     assert torch.equal(mapped_tensor(map_file(odd), entries["w"], start), torch.arange(4.0))
 
@@ -91,6 +92,16 @@ CASES = {  # name: (header, data, the message)
     "not utf-8": (b'{"w": "\xff\xfe"}', b"", r"the header is not UTF-8 text \(byte 7\)"),
     "not json": (b'{"w": ', b"", r"the header is not JSON \(Expecting value"),
     "json list": (b"[1, 2]", b"", "the header is a JSON list, not an object"),
+    "dtype a list": ({"w": norm(0, dtype=["F32"])}, b"\0" * 16, r"tensor 'w': unknown dtype \['F32'\]"),
+    "100k deep": (b"[" * 100_000 + b"]" * 100_000, b"", "the header nests too deep to parse"),
+    "5000-digit shape": (b'{"w": {"dtype": "F32", "shape": [' + b"9" * 5000 + b'], "data_offsets": [0, 16]}}',
+                         b"\0" * 16, "the header holds a number too long to read"),
+    "metadata a list": ({"__metadata__": ["pt"], "w": norm(0)}, b"\0" * 16, r'__metadata__ is \["pt"\], not an object'),
+    "metadata not strings": ({"__metadata__": {"format": 1}, "w": norm(0)}, b"\0" * 16, "__metadata__ is"),
+    "gap between tensors": ({"a": norm(0), "w": norm(32)}, b"\0" * 48,
+                            r"bytes 16..32 of the data section, before tensor 'w', belong to no tensor"),
+    "gap before the first": ({"w": norm(8)}, b"\0" * 24, "bytes 0..8 of the data section, before tensor 'w'"),
+    "bytes after the last": ({"w": norm(0)}, b"\0" * 24, "the data section holds 8 bytes after the last tensor"),
 }
 
 
@@ -100,6 +111,19 @@ def test_broken_header_is_a_checkpoint_error(tmp_path, case):
     file = write_raw(tmp_path / "model-00001-of-00002.safetensors", header, data)
     with pytest.raises(CheckpointError, match="^model-00001-of-00002.safetensors: .*" + message):
         read_header(file)
+
+
+@pytest.mark.parametrize("case", ["gap between tensors", "gap before the first", "bytes after the last",
+                                  "metadata a list"])
+def test_the_safetensors_library_refuses_these_too(tmp_path, case):
+    """Unowned bytes and a metadata list are not our invention: the reference reader refuses the same files."""
+    from safetensors import safe_open
+
+    header, data, _ = CASES[case]
+    file = write_raw(tmp_path / "x.safetensors", header, data)
+    with pytest.raises(Exception):
+        with safe_open(str(file), "pt") as f:
+            [f.get_tensor(k) for k in f.keys()]
 
 
 def test_header_length_is_capped(tmp_path):
