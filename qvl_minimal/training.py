@@ -1,0 +1,247 @@
+"""Training: labels, the next-token loss, one optimiser step, the loop, held-out accuracy.
+
+    Example (image, question, answer) --encode_example--> ids (L,), labels (L,): -100 except the answer
+    rows --collate--> left-padded batch: input_ids (B, L), attention_mask (B, L), labels (B, L),
+                      pixel_values (B*64, 1176), image_grid_thw (B, 3)
+    model.prefill --> hidden states (B, L, D); position t predicts token t+1:
+    causal_lm_loss = mean over the N labelled tokens of -log softmax(head(h[t]))[labels[t+1]]
+    train(...)     : AdamW, linear warm-up then cosine decay, gradient clipping, held-out accuracy
+                     every `eval_every` steps by greedy decoding (evaluate), a tqdm bar, a history
+
+The loss is the reference's (transformers' ForCausalLMLoss with `labels=`): labels shifted left by
+one, -100 ignored, the mean taken over every labelled token of the batch (not per row). Only the
+labelled positions go through the head: with a 151,936-row vocabulary the head is most of the cost,
+and the other positions' logits would be multiplied by zero anyway.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .config import Qwen25VLConfig
+from .model import Qwen25VL
+from .preprocess import preprocess_image
+from .shapes import QUESTION_KINDS, held_out, make_example
+from .tokenizer import DEFAULT_SYSTEM, encode_chat
+
+IGNORE = -100  # the label of a position that is not scored (cross_entropy's ignore_index)
+
+# The model chapter 14 trains (how it was chosen: the chapter's section 3). The real tokenizer and
+# its ids stay, so the vocabulary keeps 3B's 151,936 rows, tied to the head as in 3B.
+TRAIN_CONFIG = Qwen25VLConfig.preset("3b").replace(
+    vision_config={"depth": 2, "hidden_size": 128, "intermediate_size": 256, "num_heads": 4,
+                   "out_hidden_size": 128, "fullatt_block_indexes": (1,)},
+    text_config={"hidden_size": 128, "intermediate_size": 384, "num_hidden_layers": 4,
+                 "num_attention_heads": 4, "num_key_value_heads": 2, "mrope_section": (4, 6, 6),
+                 "tie_word_embeddings": True})
+
+
+# ----------------------------------------------------------------------------- labels and batches
+def encode_example(tokenizer, question: str, answer: str, image_grid_thw,
+                   system: str = DEFAULT_SYSTEM) -> tuple[torch.Tensor, torch.Tensor]:
+    """The chat prompt with one image, then the answer and <|im_end|> -> (ids (L,), labels (L,)).
+
+    labels = -100 on the prompt (system, user turn, visual pads, "<|im_start|>assistant\\n"), and the
+    token ids themselves on the answer and its <|im_end|>: the only tokens the model is scored on.
+    """
+    prompt = encode_chat(tokenizer, question, image_grid_thw=image_grid_thw, system=system)[0]  # (P,)
+    answer_ids = torch.tensor(tokenizer.encode(answer, split_special_tokens=True) + [tokenizer.im_end_id])  # (A,)
+    ids = torch.cat([prompt, answer_ids])  # (P + A,)
+    labels = torch.cat([torch.full_like(prompt, IGNORE), answer_ids])  # (P + A,)
+    return ids, labels
+
+
+def left_pad(rows: list[torch.Tensor], value: int) -> torch.Tensor:
+    """1-D tensors -> (B, L) with `value` in front of the shorter ones."""
+    length = max(len(r) for r in rows)
+    return torch.stack([F.pad(r, (length - len(r), 0), value=value) for r in rows])  # (B, L)
+
+
+def collate(examples, tokenizer, with_answers: bool = True) -> dict:
+    """Examples -> one left-padded batch for the model (with labels, or prompts only for generation)."""
+    ids, labels, pixels, grids = [], [], [], []
+    for ex in examples:
+        pixel_values, grid = preprocess_image(ex.image)  # (64, 1176), (1, 3) for 112 x 112
+        if with_answers:
+            row_ids, row_labels = encode_example(tokenizer, ex.question, ex.answer, grid)
+        else:
+            row_ids = encode_chat(tokenizer, ex.question, image_grid_thw=grid)[0]
+            row_labels = torch.full_like(row_ids, IGNORE)
+        ids.append(row_ids), labels.append(row_labels), pixels.append(pixel_values), grids.append(grid)
+    batch = {"input_ids": left_pad(ids, tokenizer.pad_id),  # (B, L)
+             "attention_mask": left_pad([torch.ones_like(r) for r in ids], 0),  # (B, L)
+             "pixel_values": torch.cat(pixels), "image_grid_thw": torch.cat(grids)}  # (B*64, 1176), (B, 3)
+    if with_answers:
+        batch["labels"] = left_pad(labels, IGNORE)  # (B, L): padding is never scored
+    return batch
+
+
+# ----------------------------------------------------------------------------- the loss
+MODEL_INPUTS = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "pixel_values_videos",
+                "video_grid_thw", "second_per_grid_ts")
+
+
+def causal_lm_loss(model: Qwen25VL, batch: dict) -> torch.Tensor:
+    """Mean next-token cross-entropy over the labelled tokens of the batch (the reference's `loss`)."""
+    labels = batch["labels"]  # (B, L)
+    h, _ = model.prefill(**{k: v for k, v in batch.items() if k in MODEL_INPUTS})  # (B, L, D)
+    targets = labels[:, 1:]  # (B, L-1): position t is scored on token t+1
+    scored = targets != IGNORE  # (B, L-1)
+    if not scored.any():
+        raise ValueError("no labelled token in the batch (every label is -100); label the answers")
+    logits = model.head(h[:, :-1][scored])  # (N, vocab): only the scored positions
+    return F.cross_entropy(logits.float(), targets[scored])  # mean over the N tokens
+
+
+# ----------------------------------------------------------------------------- the optimiser
+@torch.no_grad()
+def init_weights(model: torch.nn.Module, seed: int = 0, std: float = 0.02) -> torch.nn.Module:
+    """The reference's initialisation from a seed: matrices and embeddings ~ N(0, std), biases 0,
+    norm weights 1 (PyTorch's default N(0, 1) embedding would make the tied head's logits huge)."""
+    gen = torch.Generator().manual_seed(seed)
+    for name, p in model.named_parameters():
+        if p.ndim == 1:
+            p.fill_(1.0 if name.endswith(("norm.weight", "layernorm.weight", "ln_q.weight")) else 0.0)
+        else:
+            p.copy_(std * torch.randn(p.shape, generator=gen))
+    return model
+
+
+def lr_at(step: int, steps: int, peak: float, warmup: int, floor: float = 0.1) -> float:
+    """Linear warm-up from 0 to `peak` over `warmup` steps, then cosine decay to floor * peak."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)  # 0 -> 1
+    return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def make_optimizer(model, lr: float, weight_decay: float = 0.01) -> torch.optim.AdamW:
+    """AdamW; no weight decay on biases, norm weights (1-D) and the embedding table."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim == 1 or "embed_tokens" in name else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95))
+
+
+def train_step(model, optimizer, batch: dict, lr: float, clip: float = 1.0) -> tuple[float, float]:
+    """One step: loss, backward, clip the gradients' global norm to `clip`, AdamW. -> (loss, norm before clipping)"""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    loss = causal_lm_loss(model, batch)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    optimizer.step()
+    return loss.item(), norm.item()
+
+
+# ----------------------------------------------------------------------------- held-out accuracy
+def parse_box(answer: str):
+    """'{"bbox_2d": [x1, y1, x2, y2], ...}' -> (x1, y1, x2, y2) floats, or None if it is not that."""
+    try:
+        box = json.loads(answer)["bbox_2d"]
+        if len(box) == 4 and all(isinstance(v, (int, float)) for v in box):
+            return tuple(float(v) for v in box)
+    except (json.JSONDecodeError, KeyError, TypeError):
+        pass
+    return None
+
+
+def iou(a, b) -> float:
+    """Intersection over union of two (x1, y1, x2, y2) boxes (x2, y2 exclusive)."""
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h
+    return w * h / union if union > 0 else 0.0
+
+
+def is_correct(kind: str, predicted: str, answer: str) -> bool:
+    """colour and count: exact text; box: the predicted box parses and has IoU >= 0.5 with the true one."""
+    if kind != "box":
+        return predicted.strip() == answer
+    box = parse_box(predicted)
+    return box is not None and iou(box, parse_box(answer)) >= 0.5
+
+
+@torch.no_grad()
+def answer(model, tokenizer, examples, max_new_tokens: int = 40, batch_size: int = 32) -> list[str]:
+    """Greedy answers (text without <|im_end|>) to the examples' questions."""
+    out = []
+    for start in range(0, len(examples), batch_size):
+        batch = collate(examples[start:start + batch_size], tokenizer, with_answers=False)
+        new = model.generate(**batch, max_new_tokens=max_new_tokens)  # (b, n)
+        out += [tokenizer.decode(row, skip_special_tokens=True) for row in new]
+    return out
+
+
+def evaluate(model, tokenizer, examples) -> dict[str, float]:
+    """Accuracy per question kind (a fraction) on these examples, by greedy decoding."""
+    predicted = answer(model, tokenizer, examples)
+    scores = {kind: [] for kind in QUESTION_KINDS if any(ex.kind == kind for ex in examples)}
+    for ex, text in zip(examples, predicted):
+        scores[ex.kind].append(is_correct(ex.kind, text, ex.answer))
+    return {kind: sum(s) / len(s) for kind, s in scores.items()}
+
+
+# ----------------------------------------------------------------------------- the loop
+@dataclass
+class TrainSettings:
+    steps: int = 3000  # optimiser steps
+    batch_size: int = 16  # examples per step, question kinds mixed
+    lr: float = 2e-3  # peak learning rate
+    warmup: int = 100  # steps of linear warm-up
+    clip: float = 1.0  # gradient clipping: max global norm
+    weight_decay: float = 0.01
+    eval_every: int = 250  # steps between held-out evaluations
+    eval_per_kind: int = 50  # held-out examples per question kind
+    seed: int = 0  # weights and training examples
+
+
+def held_out_set(per_kind: int) -> list:
+    """`per_kind` held-out examples of each question kind (from the "heldout" split)."""
+    return [ex for kind in QUESTION_KINDS for ex in held_out(per_kind, kinds=(kind,))]
+
+
+def train(model, tokenizer, settings: TrainSettings, progress: bool = True, make=make_example,
+          evaluation=None) -> list[dict]:
+    """Train in place; returns the history: one dict per evaluation (step, loss, accuracies, seconds).
+
+    Step s trains on examples s * batch_size ... of the "train" split with settings.seed (`make`
+    draws one example: another task is another `make`). `evaluation` is the held-out list (default:
+    held_out_set(settings.eval_per_kind)).
+    """
+    torch.manual_seed(settings.seed)
+    evaluation = held_out_set(settings.eval_per_kind) if evaluation is None else evaluation
+    optimizer = make_optimizer(model, settings.lr, settings.weight_decay)
+    history, losses, start = [], [], time.perf_counter()
+    bar = tqdm(range(settings.steps), desc="training", unit="step", disable=not progress)
+    for step in bar:
+        model.train()
+        examples = [make("train", settings.seed, step * settings.batch_size + j) for j in range(settings.batch_size)]
+        lr = lr_at(step, settings.steps, settings.lr, settings.warmup)
+        loss, _ = train_step(model, optimizer, collate(examples, tokenizer), lr, settings.clip)
+        losses.append(loss)
+        bar.set_postfix(loss=f"{loss:.3f}")
+        last = step + 1 == settings.steps
+        if (step + 1) % settings.eval_every == 0 or last:
+            model.eval()
+            accuracy = evaluate(model, tokenizer, evaluation)
+            history.append({"step": step + 1, "loss": sum(losses) / len(losses), **accuracy,
+                            "seconds": time.perf_counter() - start})
+            losses = []
+            bar.set_postfix(loss=f"{loss:.3f}", **{k: f"{v:.2f}" for k, v in accuracy.items()})
+    model.eval()
+    return history
+
+
+def settings_dict(settings: TrainSettings) -> dict:
+    return asdict(settings)
