@@ -1,9 +1,10 @@
-"""Chapter 04's exercises: the window index with its padding, attention inside segments, two quiz questions.
+"""Chapter 04's exercises: the window index, attention inside segments, the window mask, a prediction.
 
     04.1  window_index_chapter(grid_thw (n, 3)) -> (index (N/4,), cu_window_seqlens (windows + 1,))
     04.2  varlen_attention_chapter(q, k, v (N, heads, head_dim), cu_seqlens) -> (N, heads, head_dim)
-    04.3  quiz: empty windows the reference's padding makes for grid (1, 32, 32)
-    04.4  quiz: at 1080p, attention FLOPs of the 4 full blocks / those of the 28 window blocks
+    04.3  raster_window_mask(grid_thw (n, 3)) -> (N, N) bool: True where patches i and j, numbered as
+          the rows of pixel_values, sit in the same window
+    04.4  quiz: cu_window_seqlens of the video grid (2, 10, 26), predicted by hand
 
 Every answer is compared with the library (`qvl_minimal.vision`, `qvl_minimal.params`) on the grids
 the chapter warns about: sides that are and are not multiples of the window, odd merged sides,
@@ -14,9 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from ..config import Qwen25VLConfig, VisionConfig
-from ..params import vision_flops
-from ..preprocess import smart_resize
+from ..config import VisionConfig
 from ..vision import full_cu_seqlens, varlen_attention, window_index
 from .core import assert_answer, assert_tensor_matches, exercise
 
@@ -77,21 +76,71 @@ def _(varlen_attention_mine) -> str:
     return f"{len(cases)} segmentations incl. a 1-row and an empty segment, within 1e-5"
 
 
-@exercise("04.3", "empty windows of the reference's padding")
+def _raster_mask(grid) -> torch.Tensor:
+    """(N, N) bool in pixel_values' row order: the window of every patch, compared pairwise."""
+    index, cu = window_index(grid, VISION)
+    unit = VISION.spatial_merge_size**2
+    window_of_unit = torch.empty_like(index)  # (N/4,) window of each merge unit, raster order
+    window_of_unit[index] = torch.repeat_interleave(torch.arange(len(cu) - 1), cu.diff() // unit)
+    window = window_of_unit.repeat_interleave(unit)  # (N,) window of each patch row
+    return window[:, None] == window[None, :]
+
+
+def _window_order_mask(grid) -> torch.Tensor:
+    """The block-diagonal mask of cu_window_seqlens: right in window order, wrong for raster rows."""
+    cu = window_index(grid, VISION)[1]
+    segment = torch.repeat_interleave(torch.arange(len(cu) - 1), cu.diff())  # (N,)
+    return segment[:, None] == segment[None, :]
+
+
+MASK_GRIDS = [  # (grid_thw, what the case tests)
+    ([[1, 12, 20]], "figure 4.2's grid: 6 windows"),
+    ([[1, 22, 36]], "a 300 x 500 px image: 15 windows"),
+    ([[1, 2, 2]], "a single merge unit"),
+    ([[2, 10, 6]], "a video: windows never span two time steps"),
+    ([[1, 8, 12], [1, 4, 4]], "two images: windows never span two images"),
+]
+
+
+@exercise("04.3", "the window mask in raster order")
+def _(raster_window_mask) -> str:
+    for grid, what in MASK_GRIDS:
+        mine = raster_window_mask(torch.tensor(grid))
+        if isinstance(mine, torch.Tensor) and mine.shape == _raster_mask(grid).shape and not torch.equal(
+                mine, _raster_mask(grid)) and torch.equal(mine, _window_order_mask(grid)):
+            raise AssertionError(f"grid {grid} [{what}]: this is the block-diagonal mask of the window order; "
+                                 f"number rows and columns as the rows of pixel_values instead (undo the "
+                                 f"permutation)")
+        assert_tensor_matches(mine, _raster_mask(grid), f"mask of grid {grid} [{what}]")
+    return f"{len(MASK_GRIDS)} grids incl. a video and two images, exact"
+
+
+VIDEO_GRID = [[2, 10, 26]]  # 04.4: a video of 2 time steps, 140 x 364 px
+
+
+def _video_cu() -> list[int]:
+    return window_index(VIDEO_GRID, VISION)[1].tolist()
+
+
+@exercise("04.4", "cu_window_seqlens of a video, by hand", expected=_video_cu)
 def _(answer) -> str:
-    side = VISION.window_size // VISION.patch_size // VISION.spatial_merge_size  # 4 merge units
-    merged = 32 // VISION.spatial_merge_size  # the merged side of grid (1, 32, 32)
-    made = ((merged + side - merged % side) // side) ** 2  # the reference pads by side - n % side
-    real = int(window_index([[1, 32, 32]], VISION)[1].numel()) - 1
-    assert_answer(answer, made - real, "empty windows",
-                  hint="the reference pads a side of n units by 4 - n % 4 units; how many windows does it cut?")
+    expected = _video_cu()
+    mine = answer.tolist() if isinstance(answer, torch.Tensor) else answer
+    if not (isinstance(mine, (list, tuple)) and all(isinstance(x, int) for x in mine)):
+        raise AssertionError(f"give a list of ints (0, the end of window 1, ...), got {answer!r}")
+    mine = list(mine)
+    if not mine or mine[0] != 0:
+        raise AssertionError("the boundaries start at 0")
+    if any(b <= a for a, b in zip(mine, mine[1:])):
+        raise AssertionError("the boundaries must increase: no window is empty")
+    total = sum(t * h * w for t, h, w in VIDEO_GRID)
+    if mine[-1] != total:
+        raise AssertionError(f"the last boundary is {mine[-1]}, but the boundaries count patches: the video has "
+                             f"t * h * w of them (both time steps)")
+    if len(mine) != len(expected):
+        raise AssertionError(f"{len(mine) - 1} windows is not right. Hint: halve the sides (merge units), cut each "
+                             f"side into runs of 4 units from the top left, and do it for each time step")
+    assert_answer(mine, expected, "cu_window_seqlens",
+                  hint="windows go row-major, one time step after the other; a window of a x b units holds 4ab "
+                       "patches")
     return "exact"
-
-
-@exercise("04.4", "full vs window attention at 1080p")
-def _(answer) -> str:
-    h, w = smart_resize(1080, 1920)
-    _, parts = vision_flops(Qwen25VLConfig.preset("3b"), [[1, h // 14, w // 14]])
-    assert_answer(answer, parts["full_attention"] / parts["window_attention"], "FLOP ratio (4 full / 28 window blocks)",
-                  tol=0.1, hint="attention of a segment of L patches costs 4 * 1280 * L^2 FLOPs")
-    return "within 0.1"
