@@ -9,10 +9,52 @@ released checkpoint).
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
 
 CONFIG_DIR = Path(__file__).parent / "configs"  # the project's copy of the real 3B config.json
+
+
+def read_json_object(file: Path, what: str) -> dict:
+    """A JSON file that must hold an object -> the dict; else a ValueError naming the file and the fix."""
+    try:
+        raw = json.loads(file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, ValueError) as e:
+        raise ValueError(f"{file}: not JSON ({str(e)[:100]}); the file is damaged: {what}") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{file}: holds a JSON {type(raw).__name__}, not an object {{name: value}}; {what}")
+    return raw
+
+
+def typed_fields(cls, values: dict, source: str) -> dict:
+    """The entries of `values` that are fields of the dataclass `cls`, each checked against its annotation
+    (int, float, bool, str, tuple of ints) -> keyword arguments for cls; a wrong type is a ValueError.
+    Integers must be >= 0, floats finite and >= 0; the dataclasses check ranges beyond that."""
+    checked = {}
+    for f in fields(cls):
+        if f.name not in values or f.type in ("VisionConfig", "TextConfig"):
+            continue
+        value, kind = values[f.name], f.type
+        if kind.startswith("tuple"):
+            good = isinstance(value, (list, tuple)) and all(type(v) is int and v >= 0 for v in value)
+            value = tuple(value) if good else value
+        elif kind == "float":
+            good = type(value) in (int, float) and math.isfinite(value) and value >= 0
+        else:
+            good = {"int": lambda v: type(v) is int and v >= 0, "bool": lambda v: type(v) is bool,
+                    "str": lambda v: isinstance(v, str)}[kind](value)
+        if not good:
+            what = {"int": "an integer >= 0", "float": "a finite number >= 0", "bool": "true or false",
+                    "str": "a string"}.get(kind, "a list of integers >= 0")
+            raise ValueError(f"{source}: {f.name} is {json.dumps(value)[:60]}, it must be {what}")
+        checked[f.name] = value
+    return checked
+
+
+def _require(condition: bool, source: str, message: str) -> None:
+    if not condition:
+        raise ValueError(f"{source}: {message}; this config.json is not one Qwen2.5-VL can run")
 
 
 @dataclass(frozen=True)
@@ -88,15 +130,19 @@ class GenerationConfig:
         base = GenerationConfig() if config is None else GenerationConfig.for_config(config)
         if not file.is_file():
             return base
-        try:
-            raw = json.loads(file.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ValueError(f"{file}: not JSON ({e}); delete it to use the defaults") from None
+        raw = read_json_object(file, "delete it to use the defaults")
         values = {f.name: raw[f.name] for f in fields(GenerationConfig) if raw.get(f.name) is not None}
         eos = values.get("eos_token_id", base.eos_token_id)
         values["eos_token_id"] = tuple(eos) if isinstance(eos, (list, tuple)) else (eos,)
-        if not all(type(i) is int and i >= 0 for i in values["eos_token_id"]):
-            raise ValueError(f"{file}: eos_token_id {eos!r} must be a token id or a list of them")
+        if not values["eos_token_id"] or not all(type(i) is int and i >= 0 for i in values["eos_token_id"]):
+            raise ValueError(f"{file}: eos_token_id {eos!r} must be a token id or a list of them; "
+                             "fix it, or delete the file to use the defaults")
+        try:
+            values = typed_fields(GenerationConfig, values, str(file))
+        except ValueError as e:
+            raise ValueError(f"{e}; fix it, or delete the file to use the defaults") from None
+        if not 0 < values.get("top_p", 1.0) <= 1:
+            raise ValueError(f"{file}: top_p is {values['top_p']}, it must lie in (0, 1]; fix it, or delete the file")
         return replace(base, **values)
 
 
@@ -125,16 +171,23 @@ class Qwen25VLConfig:
         file = path / "config.json" if path.is_dir() else path
         if not file.is_file():
             raise FileNotFoundError(f"no config.json at {file}; point at a checkpoint folder or its config.json")
-        return Qwen25VLConfig.from_dict(json.loads(file.read_text()), source=str(file))
+        return Qwen25VLConfig.from_dict(read_json_object(file, "download it again"), source=str(file))
 
     @staticmethod
     def from_dict(raw: dict, source: str = "config") -> "Qwen25VLConfig":
-        """Build from the dict of a config.json: flat (as published) or nested (text_config)."""
+        """Build from the dict of a config.json: flat (as published) or nested (text_config). Every field
+        is checked (type, range, and the shapes agreeing with each other) before anything is built."""
+        if not isinstance(raw, dict):
+            raise ValueError(f"{source}: a config is a JSON object {{name: value}}, not a {type(raw).__name__}")
         if raw.get("model_type") != "qwen2_5_vl":
             raise ValueError(
                 f"{source}: model_type is {raw.get('model_type')!r}, expected 'qwen2_5_vl'; "
                 "this is the config of another model (Qwen2-VL is 'qwen2_vl', Qwen2.5 text is 'qwen2')"
             )
+        for part in ("text_config", "vision_config", "rope_scaling"):
+            for where in (raw, raw.get("text_config") or {}):
+                if not isinstance(where.get(part) or {}, dict):
+                    raise ValueError(f"{source}: {part} is a {type(where[part]).__name__}, not an object")
         text = dict(raw.get("text_config") or raw)  # nested form (newer writers) or flat form
         rope = text.get("rope_scaling") or raw.get("rope_scaling") or {}
         kind = rope.get("type") or rope.get("rope_type") or "mrope"
@@ -145,7 +198,7 @@ class Qwen25VLConfig:
                 "Remove the scaling from config.json (keep {'type': 'mrope', 'mrope_section': [16, 24, 24]}) "
                 "and keep prompts within 32,768 tokens, or use an implementation that supports it")
         if "mrope_section" in rope:
-            text["mrope_section"] = tuple(rope["mrope_section"])
+            text["mrope_section"] = rope["mrope_section"]
         if "tie_word_embeddings" in raw:  # kept at the top level in both forms
             text["tie_word_embeddings"] = raw["tie_word_embeddings"]
         names = {f.name for f in fields(TextConfig)}
@@ -153,19 +206,46 @@ class Qwen25VLConfig:
         missing = sorted(required - text.keys())
         if missing:
             raise ValueError(f"{source}: missing required text fields {missing}")
-        text_config = TextConfig(**{k: v for k, v in text.items() if k in names})
+        text_config = TextConfig(**typed_fields(TextConfig, {k: v for k, v in text.items() if k in names}, source))
 
         vision = dict(raw.get("vision_config") or {})
         vision.setdefault("out_hidden_size", text_config.hidden_size)  # the merger feeds the LLM
-        if "fullatt_block_indexes" in vision:
-            vision["fullatt_block_indexes"] = tuple(vision["fullatt_block_indexes"])
         if "in_channels" in vision:  # newer writers rename in_chans
             vision["in_chans"] = vision.pop("in_channels")
-        vnames = {f.name for f in fields(VisionConfig)}
-        vision_config = VisionConfig(**{k: v for k, v in vision.items() if k in vnames})
+        vision_config = VisionConfig(**typed_fields(VisionConfig, vision, f"{source}: vision_config"))
 
-        ids = {f.name: raw[f.name] for f in fields(Qwen25VLConfig) if f.name.endswith("_id") and f.name in raw}
-        return Qwen25VLConfig(vision_config=vision_config, text_config=text_config, **ids)
+        ids = typed_fields(Qwen25VLConfig, {k: v for k, v in raw.items() if k.endswith("_id")}, source)
+        config = Qwen25VLConfig(vision_config=vision_config, text_config=text_config, **ids)
+        config.check(source)
+        return config
+
+    def check(self, source: str = "config") -> None:
+        """The sizes agree with each other and with what this implementation computes; else a ValueError."""
+        v, t = self.vision_config, self.text_config
+        sizes = {**{f"vision_config.{k}": getattr(v, k) for k in ("depth", "hidden_size", "intermediate_size",
+                 "num_heads", "in_chans", "patch_size", "temporal_patch_size", "spatial_merge_size",
+                 "window_size", "out_hidden_size", "tokens_per_second")},
+                 **{k: getattr(t, k) for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                    "num_attention_heads", "num_key_value_heads", "max_position_embeddings")}}
+        for name, size in sizes.items():
+            _require(size >= 1, source, f"{name} is {size}, it must be at least 1")
+        _require(t.rms_norm_eps > 0 and t.rope_theta > 0, source,
+                 f"rms_norm_eps ({t.rms_norm_eps}) and rope_theta ({t.rope_theta}) must be > 0")
+        _require(v.hidden_size % v.num_heads == 0 and t.hidden_size % t.num_attention_heads == 0, source,
+                 "hidden_size must be a multiple of the number of heads (vision and text)")
+        _require(t.num_attention_heads % t.num_key_value_heads == 0, source,
+                 f"num_attention_heads {t.num_attention_heads} is not a multiple of num_key_value_heads "
+                 f"{t.num_key_value_heads}")
+        _require(len(t.mrope_section) == 3 and 2 * sum(t.mrope_section) == t.head_dim, source,
+                 f"mrope_section {list(t.mrope_section)} must be 3 numbers summing to head_dim / 2 = {t.head_dim // 2}")
+        _require(v.out_hidden_size == t.hidden_size, source,
+                 f"vision_config.out_hidden_size {v.out_hidden_size} differs from hidden_size {t.hidden_size}")
+        _require(all(i < v.depth for i in v.fullatt_block_indexes), source,
+                 f"fullatt_block_indexes {list(v.fullatt_block_indexes)} name blocks beyond depth {v.depth}")
+        _require(v.window_size % (v.patch_size * v.spatial_merge_size) == 0, source,
+                 f"window_size {v.window_size} is not a multiple of patch_size x spatial_merge_size")
+        _require(v.hidden_act == t.hidden_act == "silu", source,
+                 f"hidden_act {v.hidden_act!r} / {t.hidden_act!r}: only 'silu' is implemented here")
 
     def to_dict(self) -> dict:
         """The flat config.json form the released checkpoints use."""

