@@ -11,9 +11,11 @@ A bug never edits the library's code. Each one patches the copy in one of three 
     forward  one module of the copy gets its own forward (or method) with the slip in it
     config   one module of the copy gets a config with one field changed
 
-`BUGS` are the bugs the chapter shows; `HIDDEN` those of exercise 13.1, drawn by `mystery_model`.
-Each knows the first stage `diverge` names on the good input, and the component where it lives
-(one of `COMPONENTS`).
+`BUGS` are the bugs the chapter shows; each knows the first stage `diverge` names on the good input
+and the component where it lives (one of `COMPONENTS`). Exercise 13.1's bugs are different:
+`mystery_model(seed)` hands out only a broken model. No public name here says which slip a seed
+draws, nor its stage or component; the checker (labs/ch13.py) keeps the answers. This keeps the
+answer out of the notebook, not out of reach: the source of an installed package can be read.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ COMPONENTS = {  # where a bug can live, in the order the data flows
 
 @dataclass(frozen=True)
 class Bug:
-    name: str  # short id, the key in BUGS / HIDDEN
+    name: str  # short id, the key in BUGS
     slip: str  # what the programmer wrote, in one line
     stage: str  # the first stage diverge names on debug_inputs(config, "good")
     component: str  # one of COMPONENTS
@@ -173,7 +175,7 @@ BUGS = {bug.name: bug for bug in [
 ]}
 
 
-# ----------------------------------------------------------------------------- exercise 13.1's set
+# ----------------------------------------------------------------------------- exercise 13.1's slips
 def _patch_rows_misread(m):  # the 1176-wide row read as (t, c, h, w): it is (c, t, h, w)
     embed = m.visual.patch_embed
     embed.forward = lambda x: F.linear(x, embed.proj.weight.transpose(1, 2).flatten(1))
@@ -207,16 +209,10 @@ def _final_norm_skipped(m):
     m.model.norm.forward = lambda h: h
 
 
-HIDDEN = {bug.name: bug for bug in [
-    Bug("h1", "patch row flattened as (t, c, h, w)", "patch embedding", "patch embedding", _patch_rows_misread),
-    Bug("h2", "merger groups strided rows", "merger", "merger", _merger_strided),
-    Bug("h3", "vision attention causal", "vision block 0", "vision attention", _vision_causal),
-    Bug("h4", "SwiGLU gate and up swapped", "decoder layer 0", "text MLP", _gate_up_swapped),
-    Bug("h5", "image rows and columns swapped in the position ids", "position ids", "position ids",
-        _rows_cols_swapped),
-    Bug("h6", "logits from the embedding table of an untied model", "logits", "head", _head_tied),
-    Bug("h7", "final norm skipped", "final norm", "norm", _final_norm_skipped),
-]}
+_MYSTERY_SLIPS = (  # exercise 13.1: drawn by seed; stage and component live with the checker only
+    _patch_rows_misread, _merger_strided, _vision_causal, _gate_up_swapped, _rows_cols_swapped, _head_tied,
+    _final_norm_skipped,
+)
 
 
 # ----------------------------------------------------------------------------- models and inputs
@@ -229,21 +225,25 @@ def tiny_model(seed: int = 0, std: float = 0.1) -> Qwen25VL:
     return randomize_(Qwen25VL(Qwen25VLConfig.preset("tiny")), seed, std=std).eval()
 
 
-def plant(model: Qwen25VL, bug: Bug | str) -> Qwen25VL:
-    """A deep copy of `model` with one bug planted (a name of BUGS, or a Bug); `model` is untouched."""
-    bug = BUGS[bug] if isinstance(bug, str) else bug
+def plant(model: Qwen25VL, bug: Bug | str | Callable[[Qwen25VL], None]) -> Qwen25VL:
+    """A deep copy of `model` with one bug planted (a name of BUGS, a Bug, or an inject function);
+    `model` is untouched."""
+    inject = BUGS[bug].inject if isinstance(bug, str) else getattr(bug, "inject", bug)
     broken = copy.deepcopy(model)
-    bug.inject(broken)
+    inject(broken)
     return broken
 
 
 def mystery_model(seed: int) -> Qwen25VL:
-    """tiny_model() with one bug drawn by `seed` from a hidden set (exercise 13.1). Find it."""
-    return plant(tiny_model(), mystery_bug(seed))
+    """tiny_model() with one slip drawn by `seed` from a set none of BUGS is in (exercise 13.1). Find it."""
+    return plant(tiny_model(), _mystery_slip(seed))
 
 
-def mystery_bug(seed: int) -> Bug:
-    return HIDDEN[random.Random(seed).choice(sorted(HIDDEN))]
+def _mystery_slip(seed: int) -> Callable[[Qwen25VL], None]:
+    """The inject function `seed` draws: for the checker and the tests, not for the student's notebook."""
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"the mystery seed is an int, got {seed!r}")
+    return _MYSTERY_SLIPS[random.Random(seed).randrange(len(_MYSTERY_SLIPS))]
 
 
 PROMPTS = {  # name -> parts: an int = that many text tokens; (kind, (t, h, w) in patches)
@@ -254,15 +254,16 @@ PROMPTS = {  # name -> parts: an int = that many text tokens; (kind, (t, h, w) i
 }
 
 
-def debug_inputs(config: Qwen25VLConfig, name: str = "good", seed: int = 0) -> dict:
-    """Forward keyword arguments for one prompt of PROMPTS, with random pixels and text ids.
+def debug_inputs(config: Qwen25VLConfig, name: str | tuple = "good", seed: int = 0) -> dict:
+    """Forward keyword arguments for one prompt (a name of PROMPTS, or parts written the same way),
+    with random pixels and text ids.
 
     "good" has an odd-sized image (10 x 14 patches: windows cut short at the edges), a second small
     image and a 2-step video at 1 s per step, with text around each: every mechanism is exercised.
     """
     gen = torch.Generator().manual_seed(seed)
     ids, pixels = [], {"image": ([], []), "video": ([], [])}
-    for part in PROMPTS[name]:
+    for part in PROMPTS[name] if isinstance(name, str) else name:
         if isinstance(part, int):
             ids += torch.randint(0, 151_000, (part,), generator=gen).tolist()  # no special ids
             continue

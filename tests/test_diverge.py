@@ -1,11 +1,18 @@
-"""diverge names the stage where each planted bug first shows (chapter 13), and no stage on a clean copy."""
+"""diverge names the stage where each planted bug first shows (chapter 13), and no stage on a clean copy;
+the mystery model's answer is not readable from a public name of qvl_minimal.bugs; chapter 13's checkers."""
 
 import copy
+import dataclasses
+import inspect
 
 import pytest
 import torch
 
-from qvl_minimal.bugs import BUGS, COMPONENTS, HIDDEN, debug_inputs, mystery_bug, mystery_model, plant, tiny_model
+from qvl_minimal import bugs
+from qvl_minimal.bugs import (BUGS, COMPONENTS, _MYSTERY_SLIPS, _mystery_slip, debug_inputs, mystery_model, plant,
+                              tiny_model)
+from qvl_minimal.labs import check
+from qvl_minimal.labs.ch13 import _ANSWERS
 from qvl_minimal.reference import reference_sharing_weights
 from qvl_minimal.stages import diverge, record_stages, stages_of
 
@@ -39,15 +46,21 @@ def test_text_only_prompt_has_no_vision_stages(model, inputs):
     assert list(result.rels)[:2] == ["spliced embeddings", "position ids"] and result.first is None
 
 
-@pytest.mark.parametrize("name", [*BUGS, *HIDDEN])
+MYSTERY = {slip.__name__: slip for slip in _MYSTERY_SLIPS}
+
+
+@pytest.mark.parametrize("name", [*BUGS, *MYSTERY])
 def test_each_planted_bug_is_found_at_its_stage(name, model, inputs, clean_stages):
-    bug = {**BUGS, **HIDDEN}[name]
-    assert bug.component in COMPONENTS
+    if name in BUGS:
+        bug, (stage, component) = BUGS[name], (BUGS[name].stage, BUGS[name].component)
+    else:
+        bug, (stage, component) = MYSTERY[name], _ANSWERS[name]  # the checker's answer for this slip
+    assert component in COMPONENTS
     broken = plant(model, bug)
     result = diverge(broken, clean_stages["good"], inputs["good"])
-    assert result.first == bug.stage, str(result)
-    assert result.rels[bug.stage] > 100 * result.tol  # orders of magnitude, not rounding
-    assert all(result.rels[n] == 0 for n in list(result.rels)[: list(result.rels).index(bug.stage)])
+    assert result.first == stage, str(result)
+    assert result.rels[stage] > 100 * result.tol  # orders of magnitude, not rounding
+    assert all(result.rels[n] == 0 for n in list(result.rels)[: list(result.rels).index(stage)])
     assert diverge(model, clean_stages["good"], inputs["good"]).first is None  # the original is untouched
 
 
@@ -90,11 +103,80 @@ def test_against_the_reference_on_shared_weights(model, inputs):
 
 
 def test_mystery_model_draws_from_the_hidden_set():
-    bugs = {mystery_bug(seed).name for seed in range(40)}
-    assert bugs == set(HIDDEN) and not bugs & set(BUGS)
+    drawn = {_mystery_slip(seed).__name__ for seed in range(40)}
+    assert drawn == set(_ANSWERS) == set(MYSTERY)  # every slip drawn, and the checker knows each
+    assert not {bug.inject for bug in BUGS.values()} & set(_MYSTERY_SLIPS)  # none of the chapter's bugs
     broken = mystery_model(3)
     x = debug_inputs(broken.config)
-    assert diverge(broken, tiny_model(), x).first == mystery_bug(3).stage
+    assert diverge(broken, tiny_model(), x).first == _ANSWERS[_mystery_slip(3).__name__][0]
+
+
+def _names_the_answer(value, stage: str, component: str) -> bool:
+    """Does a value say which bug it is: a Bug-like object, a string, or a container holding them?"""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)
+    if isinstance(value, str):
+        return value in (stage, component)
+    if isinstance(value, dict):
+        return any(_names_the_answer(v, stage, component) for v in value.values())
+    if isinstance(value, (tuple, list, set, frozenset)):
+        return any(_names_the_answer(v, stage, component) for v in value)
+    return any(getattr(value, attr, None) in (stage, component) for attr in ("stage", "component"))
+
+
+def test_no_public_name_of_bugs_returns_the_mysterys_stage_or_component():
+    public = {name: getattr(bugs, name) for name in dir(bugs) if not name.startswith("_")}
+    assert "HIDDEN" not in public and "mystery_bug" not in public
+    # no public table holds a mystery slip (BUGS and COMPONENTS name the chapter's bugs and every component)
+    for name, value in public.items():
+        if isinstance(value, dict):
+            held = [v for v in value.values() if getattr(v, "inject", v) in _MYSTERY_SLIPS]
+            assert not held, f"bugs.{name} holds a mystery slip"
+    # no public function of one int, called with a seed, answers with the seed's stage or component
+    takes_a_seed = {name: f for name, f in public.items() if inspect.isfunction(f)
+                    and getattr(f, "__module__", "") == bugs.__name__
+                    and len([p for p in inspect.signature(f).parameters.values()
+                             if p.default is inspect.Parameter.empty]) == 1}
+    assert "mystery_model" in takes_a_seed
+    for seed in (3, 7):
+        stage, component = _ANSWERS[_mystery_slip(seed).__name__]
+        for name, f in takes_a_seed.items():
+            try:
+                value = f(seed)
+            except Exception:  # not a function of a seed (plant, debug_inputs need more)
+                continue
+            assert not _names_the_answer(value, stage, component), f"bugs.{name}({seed}) names the mystery bug"
+
+
+# ----------------------------------------------------------------------------- chapter 13's checkers
+def test_13_1_right_and_wrong(capsys):
+    stage, component = _ANSWERS[_mystery_slip(7).__name__]
+    check("13.1", {"seed": 7, "stage": stage, "component": component})
+    assert capsys.readouterr().out.startswith("PASS 13.1 ")
+    wrong = next(c for c in COMPONENTS if c != component)
+    with pytest.raises(AssertionError, match="component of mystery model 7") as refused:
+        check("13.1", {"seed": 7, "stage": stage, "component": wrong})
+    assert component not in str(refused.value).split("Hint")[0].replace(wrong, "")
+    with pytest.raises(AssertionError, match="stage of mystery model 7"):
+        check("13.1", {"seed": 7, "stage": "decoder layer 1", "component": component})
+
+
+def test_13_3_a_small_prompt_that_catches_every_bug(capsys):
+    check("13.3", (("image", (1, 4, 10)), 1))  # two rows of merge units, two windows, the second cut short
+    assert capsys.readouterr().out.startswith("PASS 13.3 ")
+
+
+@pytest.mark.parametrize("prompt, says", [
+    ((("image", (1, 2, 10)), 1), "misses 1 of 7 bugs: merger order"),  # one row of units: window order = raster
+    ((("image", (1, 4, 8)),), "merger order, full attention ignored, edge windows assumed full"),  # one window
+    ((5, ("image", (1, 16, 16)), 7), "78 tokens; the budget is 16"),  # the chapter's square image
+    ((("image", (1, 3, 10)),), "must be even"),
+    ("image", "tuple of parts"),
+])
+def test_13_3_wrong_prompts_are_refused_by_name(prompt, says):
+    with pytest.raises(AssertionError, match="^13.3 ") as refused:
+        check("13.3", prompt)
+    assert says in str(refused.value)
 
 
 def test_stage_rel_is_infinite_when_shapes_differ():
