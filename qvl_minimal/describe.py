@@ -58,6 +58,9 @@ def configure(parser) -> None:
                        help="default: bfloat16 on a GPU or a CPU that multiplies it natively, else float32")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object (answer, token counts, times, memory) instead of streaming")
+    parser.add_argument("--boxes", metavar="OUT.png", default=None,
+                        help="draw the answer's boxes and points on a copy of the image, mapped to its own pixels "
+                             "(several images: OUT-1.png, OUT-2.png, ...); with --json the objects are listed too")
 
 
 def run(args) -> int:
@@ -132,6 +135,7 @@ def describe(args) -> int:
 
     from .cli_inputs import UserError, check_checkpoint, check_media, check_options
     from .cli_stats import RunStats
+    from .describe_boxes import check_boxes_path, draw_answer
     from .tokenizer import encode_chat
     from .tokenizer_files import load_tokenizer
     from .weights import CheckpointError, load_pretrained
@@ -141,6 +145,7 @@ def describe(args) -> int:
         check_options(args)
         media = check_media(args.inputs, args.fps)
         folder = check_checkpoint(args.checkpoint)
+        boxes_path = check_boxes_path(args.boxes, media) if args.boxes else None
     question = args.question or default_question(media)
     with stats.stage("preprocess"):
         visual, summaries = preprocess_media(media, args.fps)
@@ -164,13 +169,21 @@ def describe(args) -> int:
                                    max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                    top_p=args.top_p, generator=generator, **visual)  # (1, n)
     stopped = "eos" if int(new_ids[0, -1]) in model.generation_config.eos_token_id else "max_new_tokens"
+    answer = tokenizer.decode(new_ids[0], skip_special_tokens=True)
+    drawn = {}
+    if boxes_path is not None:  # the model's pixels -> each file's pixels, drawn on a copy (chapter 15)
+        objects, per_image, written = draw_answer(answer, media, boxes_path, grids=visual.get("image_grid_thw"))
+        drawn = {"objects": objects, "objects_original": per_image, "boxes_files": [str(p) for p in written]}
+        note = (f"drew {len(objects)} object(s) on {', '.join(map(str, written))}" if written
+                else "no boxes or points in the answer: nothing drawn")
     if args.json:
-        answer = tokenizer.decode(new_ids[0], skip_special_tokens=True)
         result = {"answer": answer, "question": question, "inputs": summaries, "stopped": stopped,
                   "checkpoint": str(folder), "device": args.device,
-                  "dtype": str(param.dtype).removeprefix("torch."), **stats.as_dict()}
+                  "dtype": str(param.dtype).removeprefix("torch."), **drawn, **stats.as_dict()}
         print(json.dumps(result, ensure_ascii=False))
     else:
         print()
         print(stats.line(), file=sys.stderr)
+    if boxes_path is not None:
+        print(note, file=sys.stderr)
     return 0
