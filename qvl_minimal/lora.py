@@ -41,6 +41,7 @@ import re
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -80,8 +81,11 @@ class LoRALinear(nn.Module):
         y = self.base_layer(x)  # (..., out)
         if self.merged:
             return y
-        z = self.lora_A[ADAPTER](self.lora_dropout[ADAPTER](x.to(self.A.dtype)))  # (..., r)
-        return y + (self.lora_B[ADAPTER](z) * self.scaling).to(y.dtype)  # (..., out)
+        # float32 adapters compute in the activations' dtype: casting A and B (r x in, out x r) is cheap,
+        # casting x would keep a float32 copy of every adapted input for backward
+        A, B = self.A.to(x.dtype), self.B.to(x.dtype)  # (r, in), (out, r); no copy when dtypes agree
+        z = F.linear(self.lora_dropout[ADAPTER](x), A)  # (..., r)
+        return y + F.linear(z, B) * self.scaling  # (..., out)
 
     def delta_weight(self) -> torch.Tensor:
         """dW = (alpha / r) * B @ A, (out, in), in the adapter's dtype."""
@@ -126,7 +130,8 @@ def add_lora(model: nn.Module, targets=DECODER_TARGETS, rank: int = 8, alpha: fl
     """Freeze every parameter of `model`, then wrap each nn.Linear whose name starts with `scope` and
     ends with one of `targets` (a suffix of whole name parts: "q_proj", "mlp.down_proj") in a LoRALinear.
 
-    The adapters are float32 whatever the base's dtype (as PEFT's autocast_adapter_dtype does). In
+    The adapters are stored in float32 whatever the base's dtype (as PEFT's autocast_adapter_dtype does:
+    AdamW's small updates survive) and compute in the activations' dtype. In
     place; returns the model. A target that matches no Linear in scope is an error (a typo would
     otherwise train nothing).
     """
@@ -292,6 +297,8 @@ def load_peft_adapter(model: nn.Module, folder) -> nn.Module:
         add_lora(model, targets=tuple(pairs), rank=rank, alpha=alpha, dropout=float(config.get("lora_dropout", 0.0)),
                  scope="")
     have = lora_modules(model)
+    if any(m.merged for m in have.values()):
+        raise ValueError("the model's adapters are merged into its weights; unmerge_lora before loading new ones")
     if set(have) != set(pairs) or any(m.rank != rank or m.alpha != alpha for m in have.values()):
         raise ValueError(f"the model's LoRA adapters ({len(have)} modules) differ from {folder.name}'s "
                          f"({len(pairs)} modules, rank {rank}, alpha {alpha:g}); load it into a model without adapters")
