@@ -16,8 +16,10 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
+from qvl_minimal.config import VisionConfig
 from qvl_minimal.labs import EXERCISES, check
 from qvl_minimal.labs.core import load_chapter
+from qvl_minimal.vision import full_cu_seqlens, vision_rotary_angles, window_index
 
 CHAPTERS = Path(__file__).resolve().parent.parent / "chapters"
 NOTEBOOKS = {"04": "04_window_attention", "05": "05_vision_tower", "06": "06_tokens_and_splicing", "07": "07_mrope"}
@@ -171,9 +173,40 @@ def test_04_attention_ignoring_segments_is_rejected():
     assert "output for segments" in message and "values differ" in message
 
 
-def test_04_quiz_rejects_without_revealing():
-    message = rejected("04.3", 25)
-    assert "empty windows" in message and "9" not in message
+def test_04_window_order_mask_is_rejected_with_its_reason():
+    def window_order_mask(grid_thw):  # right for the permuted rows, wrong for pixel_values' rows
+        cu = window_index(grid_thw, VisionConfig())[1]
+        segment = torch.repeat_interleave(torch.arange(len(cu) - 1), cu.diff())
+        return segment[:, None] == segment[None, :]
+
+    message = rejected("04.3", window_order_mask)
+    assert "block-diagonal mask of the window order" in message and "grid [[1, 12, 20]]" in message
+
+
+def test_04_mask_of_merge_units_not_patches_is_rejected(chapter_answers):
+    mine = _answers(chapter_answers, "04")["04.3"]
+
+    def per_unit(grid_thw):  # one row per merge unit instead of per patch
+        return mine(grid_thw)[::4, ::4]
+
+    message = rejected("04.3", per_unit)
+    assert "mask of grid [[1, 12, 20]]" in message and "shape (60, 60), expected (240, 240)" in message
+
+
+def test_04_video_windows_predicted_for_one_time_step_are_rejected():
+    per_step = [4 * a * b for a in (4, 1) for b in (4, 4, 4, 1)]
+    one_step = F.pad(torch.tensor(per_step).cumsum(0), (1, 0)).tolist()
+    message = rejected("04.4", one_step)
+    assert "both time steps" in message and str(one_step) not in message.split(": ", 1)[1]
+
+
+def test_04_video_windows_cut_from_the_wrong_side_are_rejected():
+    per_step = [4 * a * b for a in (1, 4) for b in (1, 4, 4, 4)]  # the small windows first
+    wrong = F.pad(torch.tensor(per_step * 2).cumsum(0), (1, 0)).tolist()
+    message = rejected("04.4", wrong)
+    assert "cu_window_seqlens" in message and "Hint" in message
+    expected = EXERCISES["04.4"].expected()
+    assert str(expected) not in message and expected != wrong
 
 
 # ----------------------------------------------------------------------------- chapter 05
@@ -205,8 +238,51 @@ def test_05_wrong_merge_order_or_gelu_is_rejected(chapter_answers, wrong):
     assert "merged tokens of 96 rows [real width" in message and "values differ" in message
 
 
-def test_05_quiz_answers_are_checked():
-    assert "Hint" in rejected("05.3", True) and "Hint" in rejected("05.4", False)
+def _chapter_tower(namespace, window_order=False, full_blocks=None):
+    """The chapter's tower (05.3) with one mistake: tokens left in window order, or the wrong full blocks."""
+    block, merge = namespace["block"], namespace["merge"]
+
+    def tower(pixel_values, grid_thw, W, vc):
+        index, cu_window = window_index(grid_thw, vc)
+        cu_full = full_cu_seqlens(grid_thw)
+
+        def windows(y):
+            return rearrange(rearrange(y, "(u k) d -> u k d", k=4)[index], "u k d -> (u k) d")
+
+        angles = windows(vision_rotary_angles(grid_thw, vc.head_dim))
+        emb = torch.cat([angles, angles], dim=-1)[:, None, :]
+        x = windows(F.linear(pixel_values, W["patch_embed.proj.weight"].flatten(1)))
+        full = vc.fullatt_block_indexes if full_blocks is None else full_blocks
+        for i in range(vc.depth):
+            x = block(x, W, i, cu_full if i in full else cu_window, emb.cos(), emb.sin())
+        tokens = merge(x, W)
+        return tokens if window_order else tokens[torch.argsort(index)]
+
+    return tower
+
+
+def test_05_tower_left_in_window_order_is_rejected(chapter_answers):
+    namespace = _answers(chapter_answers, "05")["05.3"].__globals__
+    message = rejected("05.3", _chapter_tower(namespace, window_order=True))
+    assert "visual tokens of grids [[1, 8, 12]]" in message and "raster order" in message
+    assert "values differ" in message
+
+
+def test_05_tower_with_only_window_blocks_is_rejected(chapter_answers):
+    namespace = _answers(chapter_answers, "05")["05.3"].__globals__
+    message = rejected("05.3", _chapter_tower(namespace, full_blocks=()))
+    assert "blocks (1, 3) full" in message and "values differ" in message
+
+
+def test_05_rows_changed_by_one_patch_are_checked():
+    right = EXERCISES["05.4"].expected()
+    assert "do the windows move" in rejected("05.4", (right[0], 4 * right[0], right[2]))
+    assert "bottom edge" in rejected("05.4", (64, 64, right[2]))  # the window of an interior patch
+    assert "full block" in rejected("05.4", (right[0], right[1], right[0]))
+    assert "three counts" in rejected("05.4", right[0])
+
+
+def test_05_patch_and_channel_quiz_is_checked():
     message = rejected("05.5", (3, 4000 - 3 * 1280 + 1))
     assert "channel" in message and "160" not in message
 

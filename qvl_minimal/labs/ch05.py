@@ -1,13 +1,14 @@
-"""Chapter 05's exercises: the vision block, the patch merger, and three quiz questions.
+"""Chapter 05's exercises: the vision block, the patch merger, the whole tower, and two quiz questions.
 
     05.1  block(x (N, d), W, i, cu_seqlens, cos, sin (N, 1, head_dim)) -> (N, d): vision block i of the
           state dict W (keys "blocks.{i}.norm1.weight", ...), 16 heads
     05.2  merge(hidden (N, d), W) -> (N / 4, out): the merger (keys "merger.ln_q.weight", ...)
-    05.3  quiz: does the merger with the tanh GELU pass the 1e-5 check? (a bool)
-    05.4  quiz: un-permute then merge == merge then un-permute? (a bool)
+    05.3  tower(pixel_values (N, 1176), grid_thw (n, 3), W, vc) -> (N / 4, out): the whole tower from
+          05.1's block and 05.2's merge (patch embedding, window order, blocks, merger, raster order)
+    05.4  quiz: rows of the hidden state that change after blocks 0, 2 and 3 when one patch changes
     05.5  quiz: (which patch of the 2 x 2 unit, which channel) feeds input 4000 of the merger's first Linear
 
-The block and the merger are compared with the library's `VisionBlock` and `PatchMerger` (random
+The block, the merger and the tower are compared with the library's `VisionBlock` and `PatchMerger` (random
 weights, random norm weights so that a forgotten weight shows) at the real width and at a narrower
 one, on window segments, one full segment and a video's time steps.
 """
@@ -15,11 +16,11 @@ one, on window segments, one full segment and a video's time steps.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 
 from ..config import VisionConfig
-from ..vision import PatchMerger, VisionBlock, full_cu_seqlens, vision_rotary_angles, window_index
+from ..vision import (PatchMerger, VisionBlock, VisionTransformer, full_cu_seqlens, patch_positions,
+                      vision_rotary_angles, window_index)
 from .core import assert_answer, assert_tensor_matches, exercise
 
 REAL = VisionConfig()  # 1280 wide, 16 heads of 80, MLP 3420, merger 5120 -> 2048
@@ -89,30 +90,57 @@ def _(merge_mine) -> str:
     return f"{len(cases)} mergers incl. the real width and a single unit, within 1e-5"
 
 
-@exercise("05.3", "does the tanh GELU pass?")
-def _(answer) -> str:
-    merger = _random(PatchMerger, NARROW)
-    hidden = torch.randn(64, NARROW.hidden_size)
-    with torch.no_grad():
-        z = merger.mlp[0](rearrange(merger.ln_q(hidden), "(u k) d -> u (k d)", k=4))  # (16, 1280)
-        exact, tanh = merger.mlp[2](F.gelu(z)), merger.mlp[2](F.gelu(z, approximate="tanh"))
-    rel = float((tanh - exact).abs().max() / exact.abs().max())
-    assert_answer(answer, rel < 1e-5, "passes the 1e-5 check (True / False)",
-                  hint="compute the merger both ways and compare the largest difference with the largest value")
-    return "right"
+TOWER = VisionConfig(hidden_size=320, num_heads=16, intermediate_size=96, out_hidden_size=96, depth=4,
+                     fullatt_block_indexes=(1, 3))  # NARROW with 4 blocks, full attention in 1 and 3
+TOWER_GRIDS = [  # (grid_thw, what the case tests)
+    ([[1, 8, 12]], "one image, windows of 64 and 32 patches"),
+    ([[1, 12, 10], [1, 4, 4]], "two images: unit numbers continue, one full segment each"),
+    ([[2, 6, 10]], "a video of 2 time steps: one full segment per time step"),
+]
 
 
-@exercise("05.4", "merge and the permutation commute?")
+@exercise("05.3", "the whole tower from your block and merge")
+def _(tower_mine) -> str:
+    tower = _random(VisionTransformer, TOWER)
+    W = tower.state_dict()
+    for grid, what in TOWER_GRIDS:
+        n = int(torch.tensor(grid).prod(-1).sum())
+        pixel_values = torch.randn(n, TOWER.patch_dim)  # (N, 1176)
+        with torch.no_grad():
+            mine = tower_mine(pixel_values.clone(), torch.tensor(grid), W, TOWER)
+            expected = tower(pixel_values, grid)
+        assert_tensor_matches(mine, expected, f"visual tokens of grids {grid} [{what}]; raster order, "
+                              f"blocks {TOWER.fullatt_block_indexes} full", atol=1e-4, rtol=1e-4)
+    return f"{len(TOWER_GRIDS)} inputs incl. two images and a video, within 1e-4"
+
+
+CHANGED_PATCH = (40, 20)  # 05.4: (row, col) in the photo's 42 x 36 patch grid
+PHOTO_GRID = [[1, 42, 36]]
+
+
+def _rows_changed() -> tuple[int, int, int]:
+    """Rows that differ after block 0 (window), block 2 (window) and block 3 (full) of the chapter's tower."""
+    row = int(((patch_positions(PHOTO_GRID) == torch.tensor(CHANGED_PATCH)).all(-1)).nonzero())
+    index, cu = window_index(PHOTO_GRID, REAL)
+    position = int((index == row // 4).nonzero())  # where its merge unit sits in the window order
+    window = int(torch.searchsorted(cu, position * 4, right=True)) - 1
+    size = int(cu[window + 1] - cu[window])
+    return size, size, int(cu[-1])
+
+
+@exercise("05.4", "which rows one changed patch reaches", expected=_rows_changed)
 def _(answer) -> str:
-    merger = _random(PatchMerger, NARROW)
-    hidden = torch.randn(4 * 30, NARROW.hidden_size)  # 30 merge units, window order
-    inverse = torch.randperm(30)
-    with torch.no_grad():
-        after = merger(hidden)[inverse]
-        before = merger(rearrange(rearrange(hidden, "(u k) d -> u k d", k=4)[inverse], "u k d -> (u k) d"))
-    assert_answer(answer, bool(torch.allclose(after, before, atol=1e-6)), "same tokens (True / False)",
-                  hint="the permutation moves whole merge units; what does the merger do with each unit?")
-    return "right"
+    if not (isinstance(answer, (tuple, list)) and len(answer) == 3):
+        raise AssertionError(f"give three counts (after block 0, after block 2, after block 3), got {answer!r}")
+    after_0, after_2, after_3 = _rows_changed()
+    assert_answer(answer[0], after_0, "rows changed after block 0 (a window block)",
+                  hint="attention mixes rows only inside a window; which window holds that patch, and how big "
+                       "is it at the photo's bottom edge?")
+    assert_answer(answer[1], after_2, "rows changed after block 2 (three window blocks)",
+                  hint="do the windows move between blocks?")
+    assert_answer(answer[2], after_3, "rows changed after block 3 (a full block)",
+                  hint="in a full block every row attends to every row of its image")
+    return "exact"
 
 
 @exercise("05.5", "which patch and channel feed input 4000")
