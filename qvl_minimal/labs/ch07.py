@@ -5,7 +5,7 @@
           -> (3, L): the position ids of one unpadded prompt
     07.3  quiz: (tokens, largest id, delta) of a prompt with the photo
     07.4  quiz: (last relative time id at 2 fps, relative time ids at 1 fps) of a 10-second clip
-    07.5  quiz: the position ids of the next token of each row of a left-padded batch after 3 new tokens
+    07.5  quiz: the position ids of the next token of each row of a left-padded batch after 5 new tokens
 
 Every answer is compared with the library (`qvl_minimal.positions`): images of every shape, a single
 merge unit, videos at 2, 1 and 4 fps (fractional seconds per time step, floored after multiplying),
@@ -85,12 +85,16 @@ def _(rope_index_one_mine) -> str:
     return f"{len(PROMPTS)} prompts incl. text after a video, fractional seconds and three images, exact"
 
 
-@exercise("07.3", "length, largest id and delta of the photo's prompt")
-def _(answer) -> str:
+def _photo_prompt() -> tuple[int, int, int]:
     h, w = smart_resize(600, 512)  # the sample photo
     ids, images, _ = _prompt(10, ("image", (1, h // 14, w // 14)), 5)
     pos, delta = get_rope_index(CONFIG, torch.tensor([ids]), image_grid_thw=torch.tensor(images))
-    expected = (len(ids), int(pos.max()), int(delta))
+    return len(ids), int(pos.max()), int(delta)
+
+
+@exercise("07.3", "length, largest id and delta of the photo's prompt", expected=_photo_prompt)
+def _(answer) -> str:
+    expected = _photo_prompt()
     if not (isinstance(answer, (tuple, list)) and len(answer) == 3):
         raise AssertionError(f"give (tokens, largest id, delta), got {answer!r}")
     for mine, right, what in zip(answer, expected, ("tokens", "largest id", "delta")):
@@ -98,30 +102,43 @@ def _(answer) -> str:
     return "exact"
 
 
-@exercise("07.4", "time ids of a 10-second clip")
-def _(answer) -> str:
+def _clip_time_ids() -> tuple[int, list[int]]:
     at_2fps = vision_positions((10, 32, 32), 0, MERGE, 2 / 2, TPS)[0, :: 16 * 16].tolist()  # one token per step
     at_1fps = vision_positions((5, 32, 32), 0, MERGE, 2 / 1, TPS)[0, :: 16 * 16].tolist()
+    return at_2fps[-1], at_1fps
+
+
+@exercise("07.4", "time ids of a 10-second clip", expected=_clip_time_ids)
+def _(answer) -> str:
+    last_at_2fps, at_1fps = _clip_time_ids()
     if not (isinstance(answer, (tuple, list)) and len(answer) == 2):
         raise AssertionError(f"give (last time id at 2 fps, [time ids at 1 fps]), got {answer!r}")
-    assert_answer(answer[0], at_2fps[-1], "last time id at 2 fps", hint="2 frames per step, 2 ids per second")
+    assert_answer(answer[0], last_at_2fps, "last time id at 2 fps", hint="2 frames per step, 2 ids per second")
     mine = list(answer[1]) if isinstance(answer[1], (list, tuple, range)) else answer[1]
     assert_answer(mine, at_1fps, "time ids at 1 fps", hint="how many steps, and how many seconds each?")
     return "exact"
 
 
-@exercise("07.5", "the next position id after 3 generated tokens")
-def _(answer) -> str:
-    a, images_a, _ = _prompt(2, ("image", (1, 4, 4)), 3)
-    b, images_b, videos = _prompt(3, ("video", (4, 2, 4), 1.0), 2, ("image", (1, 2, 2)), 4)
+GENERATED = 5  # 07.5: tokens generated before the one asked about
+
+
+def _next_ids() -> list[int]:
+    """07.5's batch: row 0 text, a 6 x 10-patch image, text; row 1 text, a 1 fps video, text; left-padded."""
+    a, images, _ = _prompt(4, ("image", (1, 6, 10)), 2)
+    b, _, videos = _prompt(2, ("video", (6, 4, 4), 2.0), 3)
     pad = len(b) - len(a)
     ids = torch.tensor([[0] * pad + a, b])
     mask = torch.tensor([[0] * pad + [1] * len(a), [1] * len(b)])
-    _, deltas = get_rope_index(CONFIG, ids, image_grid_thw=torch.tensor(images_a + images_b),
-                               video_grid_thw=torch.tensor([videos[0][0]]), second_per_grid_ts=[1.0],
+    _, deltas = get_rope_index(CONFIG, ids, image_grid_thw=torch.tensor(images),
+                               video_grid_thw=torch.tensor([videos[0][0]]), second_per_grid_ts=[2.0],
                                attention_mask=mask)
-    expected = (ids.shape[1] + 3 + deltas[:, 0]).tolist()  # cache position of the 4th new token + delta
+    return (ids.shape[1] + GENERATED + deltas[:, 0]).tolist()  # cache position of the next token + delta
+
+
+@exercise("07.5", "the next position id after 5 generated tokens", expected=_next_ids)
+def _(answer) -> str:
     mine = answer.tolist() if isinstance(answer, torch.Tensor) else list(answer) if answer is not None else answer
-    assert_answer(mine, expected, "next position ids (row 0, row 1)",
-                  hint="cache position (22 + 3) plus each row's delta")
+    assert_answer(mine, _next_ids(), "next position ids (row 0, row 1)",
+                  hint="each row continues one past its own largest id, one id per generated token; "
+                       "the padding takes no id")
     return "exact"
