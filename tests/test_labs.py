@@ -16,11 +16,11 @@ import nbformat
 import pytest
 import torch
 
-from labs_helpers import (CHAPTERS, bound_names, code, exercise_ids_of_cells, fill_handout, fill_stubs, read_names,
-                          shown_after, synthetic_chapter)
+from labs_helpers import (CHAPTERS, SETUP, bound_names, code, exercise_ids_of_cells, fill_handout, fill_stubs,
+                          read_names, shown_after, synthetic_chapter)
 from qvl_minimal.__main__ import main
 from qvl_minimal.labs import assert_answer, assert_tensor_matches, check, exercise
-from qvl_minimal.labs.grade import FAIL, NOT_ATTEMPTED, NOT_RUN, PASS, execute, score
+from qvl_minimal.labs.grade import FAIL, NOT_ATTEMPTED, NOT_RUN, PASS, execute
 from qvl_minimal.labs.handouts import (BEGIN, CHECK, CHECK_CALL, END, EXERCISE, SOLUTION, MarkerError, check_ids,
                                        exercise_table, make_handout, solution_regions, strip_solutions, tags,
                                        write_handouts)
@@ -166,8 +166,10 @@ def test_grade_synthetic(tmp_path, capsys):
             cell.source = cell.source.replace("raise NotImplementedError()", "return x * 3  # wrong")
     half = _write(half, tmp_path / "half.ipynb")
     done = _write(fill_handout(handout, chapter), tmp_path / "done.ipynb")
+    checkers = tmp_path / "checkers99.py"  # the grader's copy of the synthetic chapter's checkers
+    checkers.write_text(SETUP)
     assert main(["grade", str(blank), str(half), str(done), "--csv", str(tmp_path / "g.csv"), "--jobs", "2",
-                 "--feedback", str(tmp_path / "feedback")]) == 0
+                 "--feedback", str(tmp_path / "feedback"), "--checkers", str(checkers), "--timeout", "60"]) == 0
     rows = {row["notebook"]: row for row in csv.DictReader(open(tmp_path / "g.csv"))}
     statuses = {name: [rows[str(tmp_path / name)][i] for i in ("99.1", "99.2", "99.3")]
                 for name in ("blank.ipynb", "half.ipynb", "done.ipynb")}
@@ -176,7 +178,9 @@ def test_grade_synthetic(tmp_path, capsys):
     assert rows[str(done)]["passed"] == "3/3"
     assert "not attempted" in capsys.readouterr().out
     returned = nbformat.read(tmp_path / "feedback" / "half.ipynb", as_version=4)  # executed, with the messages
-    assert "shape (3,): 3 of 3 values differ" in nbformat.writes(returned)
+    text = nbformat.writes(returned)
+    assert "shape (3,): 3 of 3 values differ" in text  # the kernel's own check, for the student
+    assert "[grader] fail: AssertionError: 99.1 double a tensor: shape (3,)" in text  # the verdict that counts
 
 
 def test_grade_reports_a_broken_notebook_and_goes_on(tmp_path, capsys):
@@ -193,9 +197,9 @@ def test_grade_stops_at_the_time_limit(tmp_path):
     chapter = synthetic_chapter()
     chapter.cells.insert(1, code("import time\ntime.sleep(600)"))  # before anything: the test stays short
     handout, _ = make_handout(chapter, "99_synthetic.ipynb")
-    nb, note = execute(_write(fill_handout(handout, chapter), tmp_path / "slow.ipynb"), timeout=6)
+    nb, note, statuses = execute(_write(fill_handout(handout, chapter), tmp_path / "slow.ipynb"), timeout=6)
     assert "timed out after 6 s" in note
-    assert score(nb) == {"99.1": NOT_RUN, "99.2": NOT_RUN, "99.3": NOT_RUN}
+    assert statuses == {"99.1": NOT_RUN, "99.2": NOT_RUN, "99.3": NOT_RUN}
 
 
 # ---------------------------------------------------------------- the real chapters
@@ -290,15 +294,15 @@ def blank_runs(handouts):
 
 def _run_to_text(path):
     os.environ["OMP_NUM_THREADS"] = "1"  # two kernels on two cores: one thread each, no oversubscription
-    nb, note = execute(path, timeout=600)
-    return nbformat.writes(nb), note
+    nb, note, statuses = execute(path, timeout=600)
+    return nbformat.writes(nb), note, statuses
 
 
 @pytest.mark.parametrize("name", NUMBERED)
 def test_blank_handout_runs_and_every_check_fails(name, blank_runs):
     if name not in blank_runs:
         pytest.fail(f"{name} has no handout")
-    text, note = blank_runs[name].result()
+    text, note, statuses = blank_runs[name].result()
     assert not note, f"{name}: {note}"
     nb, problems, stub_raised = nbformat.reads(text, as_version=4), [], False
     for index, cell in enumerate(nb.cells):
@@ -318,7 +322,7 @@ def test_blank_handout_runs_and_every_check_fails(name, blank_runs):
         elif raised:
             problems.append(f"cell {index} (not an exercise) fails: {errors(cell)}")
     assert not problems, f"{name}, blank handout:\n" + "\n".join(problems)
-    assert set(score(nb).values()) <= {NOT_ATTEMPTED, FAIL}
+    assert statuses and set(statuses.values()) <= {NOT_ATTEMPTED, FAIL}, statuses
 
 
 def test_grade_three_submissions(handouts, tmp_path):

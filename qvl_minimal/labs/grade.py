@@ -1,136 +1,156 @@
 """Grading: `python -m qvl_minimal grade SUBMISSIONS... [--csv grades.csv] [--timeout 300]`.
 
     each student notebook
-        -> executed top to bottom by nbclient in a fresh kernel of this Python environment
-           (errors allowed, one time limit for the whole notebook, no network, QVL_STANDIN=1)
-        -> every check cell (tag `check`, `check("04.1", ...)`) gets a status:
-             pass           its output has the line `PASS 04.1 ...` and no error
-             not attempted  it raised NotImplementedError (the stub is still there), or any error
-                            after an exercise cell that raised NotImplementedError (a quiz whose stub
-                            at top level left the answer undefined, or None)
-             fail           anything else: AssertionError (the answer is wrong), another error,
-                            no PASS line
-             not run        the notebook stopped before this cell: time limit, or the kernel died
-        -> a table, one row per notebook, one column per exercise, printed and written as CSV
-        -> with --feedback FOLDER, the executed notebooks (errors included), to hand back
+        -> graded by a worker process of its own (worker.py; its own session, a subreaper, rlimits),
+           nbclient running the notebook in a fresh kernel of this Python environment, without
+           network where the machine allows (sandbox.py)
+        -> each check cell's answer is fetched from the kernel and checked by the worker's own copy
+           of the checkers (remote.py): pass / fail / not attempted / not run (see worker.py)
+        -> a notebook that kills its worker, or runs out of time, gets "not run" for the checks it
+           did not reach and a note that says so; the other notebooks are graded as usual
+        -> every process a notebook started is killed when its grading ends (Linux)
+        -> a table, one row per notebook, one column per exercise, printed and written as CSV (the
+           CSV is rewritten after each notebook, so a grading run that is cut short keeps its rows)
+        -> with --feedback FOLDER, the executed notebooks (errors and the grader's verdicts included)
 
 The notebooks are executed in memory (with the notebook's folder as working directory) and never
-written back. Only the check cells are graded; a student who edits a check cell can fool it, so an
-instructor who cares compares the check cells with the handout's.
+written back. WHAT THIS DOES NOT DEFEND AGAINST is in EPILOG below (and labs/README.md).
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import os
+import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import nbformat
 
-from .handouts import CHECK, CHECK_CALL, EXERCISE, tags
+from . import sandbox
+from .handouts import check_ids
+from .worker import FAIL, NOT_ATTEMPTED, NOT_RUN, PASS, execute  # noqa: F401 (the statuses, for callers)
 
-PASS, FAIL, NOT_ATTEMPTED, NOT_RUN = "pass", "fail", "not attempted", "not run"
+STARTUP_S = 120  # allowed on top of --timeout for the worker to import torch and start the kernel
+PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+EPILOG = """what grading defends against: a notebook that kills its own process or its parent, rewrites
+the checkers in its kernel (qvl_minimal.labs.EXERCISES, a chNN module), prints gigabytes, allocates
+more memory than --memory, or leaves processes running (Linux: all are killed, even in a new session).
 
-
-def _kernel_manager_class():
-    """An nbclient kernel manager that starts ipykernel with this very Python (the current environment)."""
-    from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
-    from jupyter_client.manager import AsyncKernelManager
-    from traitlets import default
-
-    class CurrentEnvSpecs(KernelSpecManager):
-        def get_kernel_spec(self, kernel_name):
-            return KernelSpec(argv=[sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-                              display_name=f"Python ({sys.executable})", language="python")
-
-    class CurrentEnvKernel(AsyncKernelManager):
-        @default("kernel_spec_manager")
-        def _kernel_spec_manager_default(self):
-            return CurrentEnvSpecs(data_dir=self.data_dir)
-
-    return CurrentEnvKernel
-
-
-def execute(path: Path, timeout: float):
-    """Run the notebook at `path` (errors allowed) within `timeout` seconds: (executed notebook, note)."""
-    from nbclient import NotebookClient
-    from nbclient.exceptions import CellTimeoutError, DeadKernelError
-
-    nb = nbformat.read(path, as_version=4)
-    for cell in nb.cells:  # outputs saved by the student are not evidence: only this run counts
-        if cell.cell_type == "code":
-            cell.outputs, cell.execution_count = [], None
-    client = NotebookClient(nb, kernel_name="python3", allow_errors=True, interrupt_on_timeout=False,
-                            kernel_manager_class=_kernel_manager_class(),
-                            resources={"metadata": {"path": str(Path(path).parent.resolve())}})
-    deadline, note = time.monotonic() + timeout, ""
-    client.reset_execution_trackers()
-    with client.setup_kernel(stderr=subprocess.DEVNULL):  # the kernel's own warnings are noise in a class table
-        for index, cell in enumerate(nb.cells):
-            if cell.cell_type != "code":
-                continue
-            left = deadline - time.monotonic()
-            if left < 1:
-                return nb, f"timed out after {timeout:g} s, before cell {index}"
-            client.timeout = int(left)
-            try:
-                client.execute_cell(cell, index, execution_count=client.code_cells_executed + 1)
-            except CellTimeoutError:
-                return nb, f"timed out after {timeout:g} s, in cell {index}"
-            except DeadKernelError:
-                return nb, f"the kernel died in cell {index} (out of memory?)"
-    return nb, note
+what it does NOT defend against (run untrusted notebooks in a container, see labs/README.md):
+  - a student who calls the library's own function (qvl_minimal.vision.window_index) in the answer,
+    or reads the checker's source in qvl_minimal/labs/chNN.py: the answer is then right;
+  - the network where this machine does not allow unprivileged user namespaces (macOS, Windows,
+    some Linux distributions): a notebook can then open connections;
+  - code written to attack the grader: the notebook runs as your user, so it can signal or trace
+    the grader's own processes, rewrite files you can write (the installed package), or start
+    programs through a service (systemd-run --user, an existing tmux), and fill the disk;
+  - on macOS and Windows, processes a notebook starts in a new session can outlive grading; on
+    Windows there is no memory limit.
+  e.g. docker run --rm --network none --memory 16g --pids-limit 512 --read-only --tmpfs /tmp \
+         -v "$PWD/submissions:/in:ro" -v "$PWD/out:/out" IMAGE \
+         python -m qvl_minimal grade /in/*.ipynb --csv /out/grades.csv"""
 
 
-def _errors(cell) -> list[str]:
-    return [out.get("ename", "") for out in cell.get("outputs", []) if out.get("output_type") == "error"]
+class _Guard:
+    """This process as subreaper while it grades: what a killed worker leaves behind becomes our child,
+    and is killed when that worker's grading ends. Children we had before grading are left alone."""
+
+    def __init__(self):
+        self.lock, self.workers = threading.Lock(), set()
+        self.was_subreaper = sandbox.is_subreaper()
+        sandbox.set_subreaper(True)
+        self.keep = sandbox.children()
+
+    def start(self, argv, **kwargs) -> subprocess.Popen:
+        with self.lock:  # not between a worker's start and its entry in self.workers
+            proc = subprocess.Popen(argv, **kwargs)
+            self.workers.add(proc.pid)
+        return proc
+
+    def finished(self, proc: subprocess.Popen) -> None:
+        with self.lock:
+            self.workers.discard(proc.pid)
+            sandbox.kill_processes(set(), keep=self.keep | self.workers)
+
+    def close(self) -> None:
+        with self.lock:
+            sandbox.kill_processes(set(), keep=self.keep | self.workers)
+            if not self.was_subreaper:
+                sandbox.set_subreaper(False)
 
 
-def _text(cell) -> str:
-    return "".join(out.get("text", "") for out in cell.get("outputs", []) if out.get("output_type") == "stream")
+def _ended_by(returncode: int | None) -> str:
+    if returncode is not None and returncode < 0:
+        try:
+            return signal.Signals(-returncode).name
+        except ValueError:
+            return f"signal {-returncode}"
+    return f"exit code {returncode}"
 
 
-def score(nb) -> dict[str, str]:
-    """{exercise id: status} for the check cells of an executed notebook, in order."""
-    statuses, stub_raised = {}, False
-    for cell in nb.cells:
-        if cell.cell_type != "code":
+def _events(stream, events: list, limit: int = 10_000) -> None:
+    for number, line in enumerate(stream):
+        if number >= limit:
+            break
+        try:
+            event = json.loads(line[:100_000])
+        except ValueError:
             continue
-        if EXERCISE in tags(cell):
-            stub_raised = stub_raised or "NotImplementedError" in _errors(cell)
-        if CHECK not in tags(cell):
-            continue
-        found = CHECK_CALL.search(cell.source)
-        exercise_id = found.group(1) if found else f"cell {cell.get('id')}"
-        errors = _errors(cell)
-        if cell.get("execution_count") is None and not cell.get("outputs"):
-            status = NOT_RUN
-        elif not errors and any(line.startswith(f"PASS {exercise_id}") for line in _text(cell).splitlines()):
-            status = PASS
-        elif "NotImplementedError" in errors or (errors and stub_raised):
-            status = NOT_ATTEMPTED
-        else:
-            status = FAIL
-        statuses[exercise_id], stub_raised = status, False
-    return statuses
+        if isinstance(event, dict):
+            events.append(event)
 
 
-def grade_one(path: Path, timeout: float, feedback: Path | None = None) -> tuple[dict[str, str], str, float]:
-    """(statuses, note, seconds) for one submission; a notebook that cannot be read gets a note.
-    With `feedback`, the executed notebook (every output and error message) is written there."""
+def grade_one(path: Path, job: dict, guard: _Guard, env: dict) -> tuple[dict[str, str], str, float]:
+    """(statuses, note, seconds) for one submission, graded by a worker process of its own."""
     start = time.monotonic()
     try:
-        nb, note = execute(Path(path), timeout)
-    except Exception as e:  # unreadable file, kernel that never starts: one row says so, the others still run
+        nb = nbformat.read(path, as_version=4)
+    except Exception as e:  # unreadable file: one row says so, the others still run
         return {}, f"not graded: {type(e).__name__}: {e}".splitlines()[0], time.monotonic() - start
-    if feedback is not None:
-        feedback.parent.mkdir(parents=True, exist_ok=True)
-        nbformat.write(nb, feedback)
-    statuses = score(nb)
+    ids = [i for i in check_ids(nb) if i]
+    statuses, events = {i: NOT_RUN for i in ids}, []
+    with tempfile.TemporaryFile() as errors:
+        proc = guard.start([sys.executable, "-m", "qvl_minimal.labs.worker"], stdin=subprocess.PIPE,
+                           stdout=subprocess.PIPE, stderr=errors, env=env, start_new_session=True)
+        reader = threading.Thread(target=_events, args=(proc.stdout, events), daemon=True)
+        reader.start()
+        proc.stdin.write(json.dumps({**job, "notebook": str(Path(path).resolve())}).encode())
+        proc.stdin.close()
+        limit = job["timeout"] + STARTUP_S
+        try:
+            proc.wait(timeout=limit)
+            timed_out = False
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            timed_out = True
+        guard.finished(proc)
+        reader.join(timeout=10)
+        errors.seek(0)
+        stderr = errors.read()[-2000:].decode(errors="replace").strip().splitlines()
+    done = next((e for e in reversed(events) if e.get("done")), None)
+    for event in events:
+        if event.get("check") in statuses and event.get("status") in (PASS, FAIL, NOT_ATTEMPTED, NOT_RUN):
+            statuses[event["check"]] = event["status"]
+    cells = [e["cell"] for e in events if isinstance(e.get("cell"), int)]
+    where = f" in cell {cells[-1]}" if cells else " before the first cell"
+    if done and done.get("error"):
+        return {}, f"not graded: {done['error']}", time.monotonic() - start
+    if done:
+        note = str(done.get("note", ""))
+    elif timed_out:
+        note = f"not run (stopped): the grading worker gave no result within {limit:g} s{where}"
+    else:
+        note = f"not run (killed): the process grading this notebook ended by {_ended_by(proc.returncode)}{where}"
+        if proc.returncode and proc.returncode > 0 and stderr:
+            note += f": {stderr[-1]}"
     expected = nb.metadata.get("qvl_lab", {}).get("exercises", [])
     for exercise_id in expected:  # a check cell deleted by the student
         if exercise_id not in statuses:
@@ -140,19 +160,36 @@ def grade_one(path: Path, timeout: float, feedback: Path | None = None) -> tuple
 
 
 def grade(paths: list[Path], timeout: float = 300, jobs: int = 1, real_weights: bool = False,
-          feedback: Path | None = None) -> list[dict]:
+          feedback: Path | None = None, checkers: list[Path] = (), memory_gb: float | None = None,
+          network: bool = False, on_rows=None) -> list[dict]:
     """One row per submission: {"notebook", <exercise id>: status..., "passed", "note", "seconds"}.
-    With `feedback` (a folder), each executed notebook is written there under its name in the table."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    With `feedback` (a folder), each executed notebook is written there under its name in the table;
+    `on_rows(rows so far)` is called after each notebook (the CLI rewrites the CSV)."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [PACKAGE_ROOT, env.get("PYTHONPATH")]))
     if not real_weights:
-        os.environ["QVL_STANDIN"] = "1"  # chapter 11 grades on the stand-in checkpoint: same checks, less memory
+        env["QVL_STANDIN"] = "1"  # chapter 11 grades on the stand-in checkpoint: same checks, less memory
+    if memory_gb is None:
+        memory_gb = 24 if real_weights else 12
+    job = {"timeout": timeout, "checkers": [str(Path(c).resolve()) for c in checkers], "network": network,
+           "memory_bytes": int(memory_gb * 2**30) if memory_gb else None, "file_bytes": 4 * 2**30}
     copies = [Path(feedback) / name for name in short_names(paths)] if feedback else [None] * len(paths)
-    if jobs > 1:
-        with ProcessPoolExecutor(max_workers=jobs) as pool:
-            results = list(pool.map(grade_one, paths, [timeout] * len(paths), copies))
-    else:
-        results = [grade_one(path, timeout, copy) for path, copy in zip(paths, copies)]
+    results: dict[int, tuple] = {}
+    guard = _Guard()
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+            futures = {pool.submit(grade_one, path, {**job, "feedback": str(copy) if copy else None}, guard, env): i
+                       for i, (path, copy) in enumerate(zip(paths, copies))}
+            for future in as_completed(futures):
+                results[futures[future]] = future.result()
+                if on_rows:
+                    on_rows(_rows([paths[i] for i in sorted(results)], [results[i] for i in sorted(results)]))
+    finally:
+        guard.close()
+    return _rows(paths, [results[i] for i in range(len(paths))])
+
+
+def _rows(paths, results) -> list[dict]:
     rows = []
     for path, (statuses, note, seconds) in zip(paths, results):
         passed = sum(status == PASS for status in statuses.values())
@@ -197,6 +234,12 @@ def write_csv(rows: list[dict], path: Path) -> None:
 
 
 def configure(parser) -> None:
+    import argparse
+
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.description = ("Run student notebooks, each in a worker process of its own, and check every answer "
+                          "with the grader's own copy of the checkers.")
+    parser.epilog = EPILOG
     parser.add_argument("submissions", nargs="+", type=Path, help="student notebooks (.ipynb)")
     parser.add_argument("--csv", type=Path, default=Path("labs/grades.csv"), help="where to write the table (default labs/grades.csv)")
     parser.add_argument("--timeout", type=float, default=300, help="seconds allowed per notebook (default 300)")
@@ -205,16 +248,30 @@ def configure(parser) -> None:
                         help="write each executed notebook (outputs and error messages) into this folder, to return")
     parser.add_argument("--real-weights", action="store_true",
                         help="let chapter 11 use the real checkpoint if found (default: the stand-in)")
+    parser.add_argument("--checkers", type=Path, action="append", default=[], metavar="FILE.py",
+                        help="a Python file of your own @exercise checkers, imported by the grader (repeatable)")
+    parser.add_argument("--memory", type=float, default=None, metavar="GB",
+                        help="address space allowed to each notebook's processes (default 12, 24 with --real-weights; 0: no limit)")
+    parser.add_argument("--allow-network", action="store_true",
+                        help="do not cut the kernels' network (by default it is cut where the machine allows)")
 
 
 def run(args) -> int:
-    missing = [str(p) for p in args.submissions if not p.is_file()]
-    if missing:
-        print(f"error: no such notebook: {', '.join(missing)}", file=sys.stderr)
+    for kind, paths in (("notebook", args.submissions), ("checker file", args.checkers)):
+        missing = [str(p) for p in paths if not p.is_file()]
+        if missing:
+            print(f"error: no such {kind}: {', '.join(missing)}", file=sys.stderr)
+            return 2
+    if args.timeout <= 0 or args.jobs < 1 or (args.memory is not None and args.memory < 0):
+        print("error: --timeout must be > 0, --jobs >= 1 and --memory >= 0 (GB)", file=sys.stderr)
         return 2
-    rows = grade(args.submissions, args.timeout, args.jobs, args.real_weights, args.feedback)
-    print(table(rows))  # notebooks named from their common folder; the CSV keeps the paths as given
+    if not args.allow_network and not sandbox.no_network_prefix():
+        print("note: this machine cannot cut a kernel's network (no unprivileged user namespaces); "
+              "see `grade --help` for a container that does", file=sys.stderr)
     args.csv.parent.mkdir(parents=True, exist_ok=True)
+    rows = grade(args.submissions, args.timeout, args.jobs, args.real_weights, args.feedback, args.checkers,
+                 args.memory, args.allow_network, on_rows=lambda rows: write_csv(rows, args.csv))
+    print(table(rows))  # notebooks named from their common folder; the CSV keeps the paths as given
     write_csv(rows, args.csv)
     print(f"wrote {args.csv}")
     return 0
