@@ -317,6 +317,34 @@ def test_06_prompt_without_the_trailing_newline_is_rejected(chapter_answers):
     assert "differs from character" in message and "the chapter's prompt" in message
 
 
+def test_06_two_image_count_without_the_second_images_markers_is_rejected():
+    right = EXERCISES["06.4"].expected()
+    message = rejected("06.4", right - 2)
+    assert "tokens" in message and "markers" in message and str(right) not in message
+
+
+def test_06_second_turn_with_an_open_first_answer_is_rejected(chapter_answers):
+    mine = _answers(chapter_answers, "06")["06.6"]
+
+    def unclosed_answer(q1, a1, q2, images_1=1, images_2=0, system="You are a helpful assistant."):
+        return mine(q1, a1, q2, images_1, images_2, system).replace(
+            a1 + "<|im_end|>\n", a1 + "\n", 1)
+
+    message = rejected("06.6", unclosed_answer)
+    assert "differs from character" in message and "an image in the first turn" in message
+    assert "earlier answer" in message
+
+
+def test_06_images_of_the_second_turn_moved_to_the_first_are_rejected(chapter_answers):
+    mine = _answers(chapter_answers, "06")["06.6"]
+
+    def images_up_front(q1, a1, q2, images_1=1, images_2=0, system="You are a helpful assistant."):
+        return mine(q1, a1, q2, images_1 + images_2, 0, system)
+
+    message = rejected("06.6", images_up_front)
+    assert "conversation [an image in each turn]" in message and "images of each turn" in message
+
+
 # ----------------------------------------------------------------------------- chapter 07
 def test_07_seconds_truncated_first_is_rejected():
     def truncating(grid, start, second_per_grid=0.0):  # transformers 4.57.6's int(second_per_grid)

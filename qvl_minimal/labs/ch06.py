@@ -1,15 +1,17 @@
-"""Chapter 06's exercises: the chat prompt, the pad expansion, the splice, and three quiz questions.
+"""Chapter 06's exercises: the chat prompt, the pad expansion, the splice, a conversation, two quizzes.
 
     06.1  my_chat_prompt(question, num_images=0, num_videos=0, system=...) -> the ChatML prompt (str)
     06.2  my_expand(text, grids, pad="<|image_pad|>", merge=2) -> text with t*h*w/merge^2 pads per grid
     06.3  my_splice(embeds (B, L, D), input_ids (B, L), features (N, D), token_id) -> (B, L, D)
-    06.4  quiz: tokens of the photo's prompt under max_pixels = 256 * 28 * 28
+    06.4  quiz: tokens of the prompt with the photo and a 1000 x 1000 px image, the chapter's question
     06.5  quiz: the indices of the second image's pads in a two-image prompt
-    06.6  quiz: token counts of "Grace Hopper", "GRACE HOPPER" and " 拼接"
+    06.6  my_two_turn_prompt(question_1, answer_1, question_2, images_1=1, images_2=0, system=...) -> str:
+          a conversation with one answered turn, as the released chat template renders it
 
 Every answer is compared with the library (`qvl_minimal.tokenizer`, `qvl_minimal.model`): prompts with
 images and videos, Chinese and multi-line questions; expansions of images and of videos with several
-time steps, and a refused count mismatch; splices into a batch of two rows, in prompt order.
+time steps, and a refused count mismatch; splices into a batch of two rows, in prompt order; the
+two-turn conversation against the released chat template (`QWEN25VL_CHAT_TEMPLATE`, rendered by jinja).
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import functools
 import torch
 
 from ..model import splice_visual_tokens
-from ..tokenizer import DEFAULT_SYSTEM, IMAGE_PAD, VIDEO_PAD, build_chat_prompt, encode_chat, expand_vision_pads
+from ..tokenizer import (DEFAULT_SYSTEM, IMAGE_PAD, QWEN25VL_CHAT_TEMPLATE, VIDEO_PAD, build_chat_prompt,
+                         encode_chat, expand_vision_pads, render_chat_template)
 from .core import assert_answer, assert_tensor_matches, exercise
 
 QUESTION = "What is this person wearing?"  # the chapter's question
@@ -120,14 +123,24 @@ def _(splice_mine) -> str:
     return f"{len(cases)} batches incl. rows without pads, and a refused mismatch, exact"
 
 
-@exercise("06.4", "tokens of the capped prompt")
-def _(answer) -> str:
-    from ..preprocess import preprocess_image
+SQUARE = (1000, 1000)  # 06.4: the second image, height x width in pixels
+
+
+def _two_image_tokens() -> int:
+    from ..preprocess import smart_resize
     from ..samples import sample_photo
 
-    _, grid = preprocess_image(sample_photo(), max_pixels=256 * 28 * 28)
-    expected = encode_chat(_tokenizer(), QUESTION, image_grid_thw=grid).shape[1]
-    assert_answer(answer, expected, "tokens", hint="smart_resize under the cap, then t*h*w/4 pads plus the text tokens")
+    photo = sample_photo()
+    grids = [(1, *(side // 14 for side in smart_resize(photo.height, photo.width))),
+             (1, *(side // 14 for side in smart_resize(*SQUARE)))]
+    return int(encode_chat(_tokenizer(), QUESTION, image_grid_thw=grids).shape[1])
+
+
+@exercise("06.4", "tokens of a two-image prompt", expected=_two_image_tokens)
+def _(answer) -> str:
+    assert_answer(answer, _two_image_tokens(), "tokens",
+                  hint="start from the photo's prompt; a second image adds its markers and t*h*w/4 pads, and "
+                       "smart_resize rounds each side to the nearest multiple of 28")
     return "exact"
 
 
@@ -141,12 +154,40 @@ def _(answer) -> str:
     return "exact"
 
 
-@exercise("06.6", "token counts of three strings")
-def _(answer) -> str:
-    tok = _tokenizer()
-    texts = ("Grace Hopper", "GRACE HOPPER", " 拼接")
-    if not (isinstance(answer, (list, tuple)) and len(answer) == 3):
-        raise AssertionError(f"give three counts, one per string {texts}, got {answer!r}")
-    for text, mine in zip(texts, answer):
-        assert_answer(mine, len(tok.encode(text)), f"tokens of {text!r}", hint="run your BPE on each word")
-    return "exact"
+def _conversation(question_1, answer_1, question_2, images_1=1, images_2=0, system=DEFAULT_SYSTEM) -> str:
+    """The released chat template's rendering of system, user, assistant, user, and an open assistant turn."""
+    def user(question, images):
+        return {"role": "user", "content": [{"type": "image"}] * images + [{"type": "text", "text": question}]}
+
+    messages = [{"role": "system", "content": system}, user(question_1, images_1),
+                {"role": "assistant", "content": answer_1}, user(question_2, images_2)]
+    return render_chat_template(QWEN25VL_CHAT_TEMPLATE, messages, add_generation_prompt=True)
+
+
+CONVERSATIONS = [  # (question_1, answer_1, question_2, images_1, images_2, system, what)
+    (QUESTION, "A dark suit and a white shirt.", "What colour is the tie?", 1, 0, DEFAULT_SYSTEM,
+     "an image in the first turn"),
+    ("Describe the first picture.", "A portrait.", "And this one?", 1, 1, DEFAULT_SYSTEM,
+     "an image in each turn"),
+    ("Hi.", "Hello! How can I help?", "Compare these.", 0, 2, "Be brief.",
+     "two images in the second turn, another system prompt"),
+    ("这是什么？", "一张照片。\n照片里有一个人。", "她穿着什么？", 1, 0, "用中文回答。",
+     "Chinese, an answer of two lines"),
+]
+
+
+@exercise("06.6", "a two-turn conversation by hand")
+def _(two_turn_mine) -> str:
+    for q1, a1, q2, images_1, images_2, system, what in CONVERSATIONS:
+        mine = two_turn_mine(q1, a1, q2, images_1=images_1, images_2=images_2, system=system)
+        expected = _conversation(q1, a1, q2, images_1, images_2, system)
+        if not isinstance(mine, str):
+            raise AssertionError(f"[{what}]: return the prompt as one str, got {type(mine).__name__}")
+        if mine != expected:
+            first = next((i for i, (a, b) in enumerate(zip(mine, expected)) if a != b),
+                         min(len(mine), len(expected)))
+            raise AssertionError(f"conversation [{what}]: differs from character {first} on (yours has "
+                                 f"{len(mine)} characters, the right one {len(expected)}); print repr() of "
+                                 f"yours around character {first}: how does the model's earlier answer end, "
+                                 f"and where do the images of each turn go?")
+    return f"{len(CONVERSATIONS)} conversations incl. images in either turn and Chinese, exact"
