@@ -115,14 +115,6 @@ def sample_frames_mine(total, video_fps, fps=2.0, round_even=True):
     return torch.linspace(0, total - 1, count).round().long().tolist(), count / total * video_fps
 
 
-def video_position_ids_mine(start, grid_thw, second_per_grid_t, truncate=False):
-    t, h, w = grid_thw
-    step, row, col = torch.meshgrid(torch.arange(t), torch.arange(h // 2), torch.arange(w // 2), indexing="ij")
-    per_step = int(second_per_grid_t) if truncate else second_per_grid_t  # the mistake of transformers 4.57
-    time_ids = (step * per_step * 2).floor().long()
-    return torch.stack([time_ids.flatten(), row.flatten(), col.flatten()]) + start
-
-
 def swap_frames_mine(rows):
     pair = rearrange(rows, "n (c t hw) -> t n c hw", c=3, t=2)
     return rearrange(pair.flip(0), "t n c hw -> n (c t hw)")
@@ -160,7 +152,7 @@ def to_raster_mine(merged, grid_thw, vc, forward=False):
 SOLUTIONS = {
     "08.1": attention_mine, "08.2": decoder_layer_mine, "08.3": (5, 16), "08.4": mha_weights_mine,
     "09.1": KVCacheMine, "09.2": cached_step_mask, "09.3": delta_by_hand, "09.4": token_passes,
-    "10.1": sample_frames_mine, "10.2": video_position_ids_mine, "10.3": swap_frames_mine,
+    "10.1": sample_frames_mine, "10.2": (768, 3590, 3064), "10.3": swap_frames_mine,
     "11.1": read_header_mine, "11.2": to_checkpoint_keys_mine, "11.3": to_raster_mine,
 }
 
@@ -180,7 +172,7 @@ WRONG = {  # id: (a plausible wrong answer, words the message must contain)
     "09.2": (lambda m, p, n: cached_step_mask(m, p, n, see_self=False), ["row 1 left-padded by 3", "values differ"]),
     "09.3": (lambda gh, gw: min(gh, gw) - gh * gw, ["delta_by_hand(21, 18)", "not right"]),
     "10.1": (lambda t, v, fps=2.0: sample_frames_mine(t, v, fps, round_even=False), ["number of frames kept", "7 frames wanted"]),
-    "10.2": (lambda s, g, spg: video_position_ids_mine(s, g, spg, truncate=True), ["0.5 s per step", "values differ"]),
+    "10.2": ((768, 3590, 3590), ["4.57.6's rule", "not right"]),
     "10.3": (lambda rows: rows, ["two frames of each step swapped", "values differ"]),
     "11.1": (lambda p: read_header_mine(p, absolute=True), ["entry", "data_offsets relative to the start of the data"]),
     "11.2": (lambda sd, tied: to_checkpoint_keys_mine(sd, tied, keep_head=True), ["a tied model", "lm_head.weight"]),
@@ -197,6 +189,11 @@ def test_wrong_answer_is_refused_by_name(exercise_id):
     assert message.startswith(f"{exercise_id} ")
     for word in words:
         assert word in message, f"{word!r} not in {message!r}"
+
+
+def test_10_2_library_rule_for_both_is_refused():
+    with pytest.raises(AssertionError, match="last time id with the library's rule"):
+        check("10.2", (768, 3064, 3064))
 
 
 def test_header_reader_offset_off_by_eight_is_named():

@@ -1,12 +1,13 @@
 """Chapter 10's exercises: frame sampling and the position ids of a video block.
 
     10.1  sample_frames_mine(total_frames, video_fps, fps=2.0) -> (kept frame indices, sample_fps)
-    10.2  video_position_ids_mine(start, grid_thw, second_per_grid_t) -> (3, t * h/2 * w/2) long
+    10.2  quiz: (frames kept, last time id: the library's, transformers 4.57.6's) of a 30-minute clip
     10.3  swap_frames_mine(pixel_values (N, 1176)) -> the same rows with the two frames of each step swapped
 
 10.1 is compared with the library's `sample_frame_indices` on clips that hit every clamp (the 4-frame
-floor, the 768 cap, an odd count, a clip shorter than its 2 fps target); 10.2 with the video block of
-`get_rope_index` on chat-like prompts, at whole and fractional seconds per time step.
+floor, the 768 cap, an odd count, a clip shorter than its 2 fps target); 10.2 with
+`sample_frame_indices` and `vision_positions` (the library's rule) and 4.57.6's rule (seconds per
+step cast to int before multiplying, chapter 07 section 2.5).
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ from __future__ import annotations
 import torch
 
 from ..config import Qwen25VLConfig
-from ..positions import get_rope_index
+from ..positions import vision_positions
 from ..preprocess import sample_frame_indices
 from .core import assert_answer, assert_tensor_matches, exercise
+
+TPS = Qwen25VLConfig.preset("tiny").vision_config.tokens_per_second  # time ids per second: 2
 
 _CLIPS = [  # (seconds, video_fps, what)
     (4, 24, "4 s at 24 fps"), (1, 30, "1 s: raised to the 4-frame floor"), (3.5, 24, "7 frames wanted: rounded down to 6"),
@@ -42,29 +45,30 @@ def _(sample_frames_mine) -> str:
     return f"{len(_CLIPS)} clips incl. the 4-frame floor, the 768 cap, odd counts; equal"
 
 
-def _block_ids(config, grid_thw, second_per_grid_t, prefix: int):
-    t, h, w = grid_thw
-    n = t * h * w // 4
-    ids = torch.tensor([[7] * prefix + [config.vision_start_token_id] + [config.video_token_id] * n
-                        + [config.vision_end_token_id, 8, 9]])  # (1, L)
-    pos, _ = get_rope_index(config, ids, video_grid_thw=torch.tensor([list(grid_thw)]),
-                            second_per_grid_ts=torch.tensor([second_per_grid_t]))
-    return pos[:, 0, prefix + 1: prefix + 1 + n]  # (3, n): the video block
+LECTURE = (30 * 60, 30)  # 10.2: a 30-minute clip filmed at 30 fps
 
 
-@exercise("10.2", "position ids of a video block")
-def _(video_position_ids_mine) -> str:
-    config = Qwen25VLConfig.preset("tiny")
-    cases = [((4, 20, 28), 1.0, 15, "the chapter's clip at 2 fps"), ((2, 20, 28), 2.0, 15, "the same clip at 1 fps"),
-             ((2, 2, 2), 0.5, 3, "a 1 s clip: 0.5 s per step"), ((3, 4, 6), 1.28, 0, "1.28 s per step"),
-             ((5, 6, 4), 1.5625, 9, "a tall grid, 1.5625 s per step"), ((1, 2, 8), 1.0, 2, "one time step")]
-    for grid, seconds, prefix, what in cases:
-        start = prefix + 1  # the first video token's position: after `prefix` text tokens and <|vision_start|>
-        want = _block_ids(config, grid, seconds, prefix)
-        got = video_position_ids_mine(start, grid, seconds)
-        assert_tensor_matches(torch.as_tensor(got), want, f"ids of a video block, grid {grid}, "
-                              f"{seconds} s per step, starting at {start} [{what}] (rows: t, h, w)")
-    return f"{len(cases)} grids at whole and fractional seconds per step, equal to get_rope_index"
+def _lecture_time_ids() -> tuple[int, int, int]:
+    """(frames kept, last time step's time id with the library's rule, with 4.57.6's), relative to the block."""
+    seconds, video_fps = LECTURE
+    kept, rate = sample_frame_indices(seconds * video_fps, video_fps)
+    steps, per_step = len(kept) // 2, 2 / rate  # 2 frames per time step
+    ours = vision_positions((steps, 2, 2), 0, 2, per_step, TPS)[0, -1]
+    truncated = (steps - 1) * int(per_step) * TPS  # transformers 4.57.6: int(second_per_grid_t) first
+    return len(kept), int(ours), int(truncated)
+
+
+@exercise("10.2", "the time ids of a 30-minute clip", expected=_lecture_time_ids)
+def _(answer) -> str:
+    kept, ours, truncated = _lecture_time_ids()
+    if not (isinstance(answer, (tuple, list)) and len(answer) == 3):
+        raise AssertionError(f"give (frames kept, last time id: library, last time id: 4.57.6), got {answer!r}")
+    assert_answer(answer[0], kept, "frames kept", hint="2 fps, then the clamps of section 2.2")
+    assert_answer(answer[1], ours, "last time id with the library's rule",
+                  hint="seconds per step = 2 / sample_fps; the time id is floor(k x seconds x 2)")
+    assert_answer(answer[2], truncated, "last time id with transformers 4.57.6's rule",
+                  hint="4.57.6 casts the seconds per step to an int before multiplying")
+    return "all three right"
 
 
 @exercise("10.3", "swap the frames of every time step")
