@@ -53,8 +53,8 @@ what it does NOT defend against (run untrusted notebooks in a container, see lab
     programs through a service (systemd-run --user, an existing tmux), and fill the disk;
   - on macOS and Windows, processes a notebook starts in a new session can outlive grading; on
     Windows there is no memory limit.
-  e.g. docker run --rm --network none --memory 16g --pids-limit 512 --read-only --tmpfs /tmp \
-         -v "$PWD/submissions:/in:ro" -v "$PWD/out:/out" IMAGE \
+  e.g. docker run --rm --network none --memory 16g --pids-limit 512 --read-only \\
+         --tmpfs /tmp -e HOME=/tmp -v "$PWD/submissions:/in:ro" -v "$PWD/out:/out" IMAGE \\
          python -m qvl_minimal grade /in/*.ipynb --csv /out/grades.csv"""
 
 
