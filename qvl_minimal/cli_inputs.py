@@ -4,19 +4,26 @@ A full checkpoint takes about 20 s and 7.5-15 GB to load, so a typo must not cos
 check raises UserError with one sentence that says what is wrong and how to fix it; the command
 prints it as `error: ...` and exits with code 2 (no traceback).
 
-    check_options(args)            question, generation options, device
-    check_media(paths, fps)        -> Media: the images (opened) and videos (headers read), in order
-    check_checkpoint(path)         -> folder: config.json parses, every shard present, headers readable
+    check_options(args)            question, generation options, device, $QVL_DTYPE
+    check_media(paths, fps, max_pixels) -> Media: the images (opened) and videos (headers read), in order
+    check_checkpoint(path)         -> CheckedFolder: checkpoint_check.check_checkpoint_folder, the one
+                                      definition of a valid folder (the loader runs the same), tokenizer included
+    prompt_limits.check_fit(...)   the prompt's length and memory, counted from the sizes alone
 """
 
 from __future__ import annotations
 
+import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .image_files import ImageFileError, load_image
 from .preprocess import MAX_PIXELS, MIN_PIXELS, VIDEO_MAX_PIXELS, VIDEO_MIN_PIXELS, smart_resize
 from .video_io import FrameFolder, VideoError, VideoFile, is_video_path, open_video
+
+
+MIN_TEMPERATURE, MAX_TEMPERATURE = 0.01, 100.0  # sampling temperatures accepted (0 = greedy)
 
 
 class UserError(Exception):
@@ -29,6 +36,7 @@ class Media:
 
     images: list = field(default_factory=list)  # (path, PIL image)
     videos: list = field(default_factory=list)  # VideoFile | FrameFolder
+    max_pixels: int = MAX_PIXELS  # each image is shrunk to at most this many pixels (--max-pixels)
 
 
 def check_options(args) -> None:
@@ -37,13 +45,32 @@ def check_options(args) -> None:
         raise UserError('the question is empty; ask something, e.g. --question "What is in this picture?"')
     if args.max_new_tokens < 1:
         raise UserError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
-    if args.temperature < 0:
-        raise UserError(f"--temperature must be >= 0 (0 = greedy), got {args.temperature}")
+    if not (args.temperature == 0 or MIN_TEMPERATURE <= args.temperature <= MAX_TEMPERATURE):
+        raise UserError(f"--temperature must be 0 (greedy) or a number from {MIN_TEMPERATURE} to {MAX_TEMPERATURE} "
+                        f"(sampling; below {MIN_TEMPERATURE} it is greedy in effect and logits / T overflow), "
+                        f"got {args.temperature}")
     if not 0 < args.top_p <= 1:
         raise UserError(f"--top-p must lie in (0, 1] (1 = no cut), got {args.top_p}")
-    if not args.fps > 0:
-        raise UserError(f"--fps must be positive (frames per second of video to keep), got {args.fps}")
+    if not (args.fps > 0 and math.isfinite(args.fps)):
+        raise UserError(f"--fps must be a positive number (frames per second of video to keep), got {args.fps}")
+    if args.seed is not None and not 0 <= args.seed < 2**64:
+        raise UserError(f"--seed must be an integer from 0 to 2**64 - 1, got {args.seed}")
+    max_pixels = getattr(args, "max_pixels", MAX_PIXELS)
+    if not MIN_PIXELS <= max_pixels <= MAX_PIXELS:
+        raise UserError(f"--max-pixels must lie between {MIN_PIXELS:,} (4 visual tokens) and {MAX_PIXELS:,} "
+                        f"(the checkpoint's limit, 16,384 visual tokens), got {max_pixels:,}")
     check_device(args.device)
+    check_dtype(args.device, args.dtype)
+
+
+def check_dtype(device: str, dtype: str | None):
+    """The compute dtype: --dtype, else $QVL_DTYPE, else the device's best -> (torch dtype, why)."""
+    from .dtypes import ENV, NAMES, choose_dtype
+
+    if dtype is None and os.environ.get(ENV) and os.environ[ENV] not in NAMES:
+        raise UserError(f"${ENV}={os.environ[ENV]!r}: choose one of {', '.join(NAMES)}, or unset it "
+                        "(then the device's best dtype is chosen)")
+    return choose_dtype(device, dtype)
 
 
 def check_device(device: str) -> None:
@@ -56,14 +83,14 @@ def check_device(device: str) -> None:
         raise UserError("--device mps, but this PyTorch sees no Apple GPU; use --device cpu")
 
 
-def check_image(path: Path):
+def check_image(path: Path, max_pixels: int = MAX_PIXELS):
     """Open the picture and check that the preprocessor accepts its size. -> PIL image"""
     try:
         image = load_image(path)  # EXIF orientation applied, transparency on white, 16 bits scaled
     except ImageFileError as err:  # not an image, damaged, decompression bomb, odd mode: the message names the file
         raise UserError(f"cannot read the image {err}") from None
     try:
-        smart_resize(image.height, image.width, min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS)
+        smart_resize(image.height, image.width, min_pixels=MIN_PIXELS, max_pixels=max_pixels)
     except ValueError as err:
         raise UserError(f"{path}: {err}") from None
     return image
@@ -85,9 +112,9 @@ def check_video(path: Path, fps: float) -> VideoFile | FrameFolder:
     return video
 
 
-def check_media(paths: list[str], fps: float) -> Media:
+def check_media(paths: list[str], fps: float, max_pixels: int = MAX_PIXELS) -> Media:
     """Every path exists and opens; images come before videos (the prompt lists them so)."""
-    media = Media()
+    media = Media(max_pixels=max_pixels)
     for name in paths:
         path = Path(name).expanduser()
         if not path.exists():
@@ -98,30 +125,18 @@ def check_media(paths: list[str], fps: float) -> Media:
             raise UserError(f"the image {name} comes after a video; give the images first "
                             "(the prompt shows every image before every video)")
         else:
-            media.images.append((path, check_image(path)))
+            media.images.append((path, check_image(path, max_pixels)))
     return media
 
 
-def check_checkpoint(path: str | None) -> Path:
-    """The checkpoint folder, complete: config.json of Qwen2.5-VL, every shard there, headers readable."""
-    import json
+def check_checkpoint(path: str | None):
+    """The checkpoint folder, every file of it checked as the loader checks it, the tokenizer loaded
+    -> checkpoint_check.CheckedFolder (its .folder, .config, .tokenizer, ...)."""
+    from .checkpoint_check import CheckpointError, check_checkpoint_folder
 
-    from .config import GenerationConfig, Qwen25VLConfig
-    from .tokenizer_files import tokenizer_folder
-    from .weights import CheckpointError, find_checkpoint, read_header, shard_files
-
-    folder = path or "the default place"
     try:
-        folder = find_checkpoint(path)
-        config = Qwen25VLConfig.from_pretrained(folder)
-        GenerationConfig.from_pretrained(folder, config)
-        for file in shard_files(folder):
-            read_header(file)
-        tokenizer_folder(folder)
-    except (FileNotFoundError, CheckpointError) as err:
+        return check_checkpoint_folder(path, tokenizer=True)
+    except FileNotFoundError as err:
         raise UserError(str(err)) from None
-    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as err:  # a file cut short, unreadable
-        raise UserError(f"the checkpoint in {folder} is damaged ({err}); download it again") from None
-    except ValueError as err:  # a config this model cannot run: another model, YaRN scaling, ...
-        raise UserError(f"cannot use the checkpoint in {folder}: {err}") from None
-    return folder
+    except CheckpointError as err:
+        raise UserError(f"cannot use the checkpoint: {err}") from None

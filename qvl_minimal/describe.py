@@ -28,6 +28,7 @@ EXAMPLES = """examples:
 
 
 def configure(parser) -> None:
+    from .preprocess import MAX_PIXELS
     from .tokenizer import DEFAULT_SYSTEM
 
     parser.description = __doc__.split("\n")[0].strip("`").split("`: ")[-1]
@@ -39,6 +40,9 @@ def configure(parser) -> None:
                              "of frames; the prompt shows them in this order")
     parser.add_argument("--question", "-q", default=None,
                         help='what to ask (default: "Describe this image." / "... these images." / "... this video.")')
+    parser.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
+                        help=f"shrink each image to at most this many pixels (default {MAX_PIXELS:,}, the checkpoint's: "
+                             "16,384 visual tokens; 784 pixels per token)")
     parser.add_argument("--fps", type=float, default=2.0,
                         help="video frames kept per second (default 2); a folder of frames is taken as filmed "
                              "at this rate, so every frame is kept")
@@ -96,7 +100,8 @@ def preprocess_media(media, fps: float) -> tuple[dict, list[dict]]:
 
     visual, summaries = {}, []
     if media.images:
-        parts = [preprocess_image(image) for _, image in media.images]  # [(N_i, 1176), (1, 3)]
+        parts = [preprocess_image(image, max_pixels=media.max_pixels)
+                 for _, image in media.images]  # [(N_i, 1176), (1, 3)]
         visual["pixel_values"] = torch.cat([pixels for pixels, _ in parts])  # (sum N_i, 1176)
         visual["image_grid_thw"] = torch.cat([grid for _, grid in parts])  # (images, 3)
         summaries += [{"path": str(path), "kind": "image", "grid_thw": grid[0].tolist()}
@@ -129,6 +134,12 @@ class Streamer:
             print(text[len(self.shown):], end="", flush=True)
             self.shown = text
 
+    def finish(self) -> None:
+        """The end of the answer: print what is left, even a character cut off by max_new_tokens (as \ufffd)."""
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        print(text[len(self.shown):], end="", flush=True)
+        self.shown = text
+
 
 def describe(args) -> int:
     import torch
@@ -136,15 +147,17 @@ def describe(args) -> int:
     from .cli_inputs import UserError, check_checkpoint, check_media, check_options
     from .cli_stats import RunStats
     from .describe_boxes import check_boxes_path, draw_answer
+    from .prompt_limits import check_prompt
     from .tokenizer import encode_chat
-    from .tokenizer_files import load_tokenizer
     from .weights import CheckpointError, load_pretrained
 
     stats = RunStats(args.device)
     with stats.stage("check"):  # everything a user can get wrong, before the expensive load
         check_options(args)
-        media = check_media(args.inputs, args.fps)
-        folder = check_checkpoint(args.checkpoint)
+        media = check_media(args.inputs, args.fps, args.max_pixels)
+        checked = check_checkpoint(args.checkpoint)  # every file, as the loader checks it; the tokenizer loaded
+        folder, tokenizer = checked.folder, checked.tokenizer
+        check_prompt(args, media, checked, args.question or default_question(media))  # context and memory
         boxes_path = check_boxes_path(args.boxes, media) if args.boxes else None
     question = args.question or default_question(media)
     with stats.stage("preprocess"):
@@ -156,7 +169,6 @@ def describe(args) -> int:
             model = load_pretrained(folder, dtype=args.dtype, device=args.device, progress=not args.json)
         except CheckpointError as err:  # e.g. weights of another model next to this config.json
             raise UserError(str(err)) from None
-        tokenizer = load_tokenizer(folder)
 
     param = next(model.parameters())
     input_ids = encode_chat(tokenizer, question, image_grid_thw=visual.get("image_grid_thw"),
@@ -182,6 +194,7 @@ def describe(args) -> int:
                   "dtype": str(param.dtype).removeprefix("torch."), **drawn, **stats.as_dict()}
         print(json.dumps(result, ensure_ascii=False))
     else:
+        streamer.finish()
         print()
         print(stats.line(), file=sys.stderr)
     if boxes_path is not None:

@@ -59,7 +59,7 @@ def tokenizer_folder(path=None) -> Path:
         if not folder.is_dir():
             raise FileNotFoundError(f"no folder {folder}; pass the checkpoint folder (it holds tokenizer.json)")
         if not (folder / "tokenizer.json").exists() and (folder / "snapshots").is_dir():
-            from .weights import hub_snapshot  # the same rule as for the weights
+            from .checkpoint_check import hub_snapshot  # the same rule as for the weights
 
             folder = hub_snapshot(folder) or folder
     if not (folder / "tokenizer.json").is_file():

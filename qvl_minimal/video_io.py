@@ -139,8 +139,16 @@ class FrameFolder:
 
 
 def open_video(path: Path, fps: float) -> VideoFile | FrameFolder:
-    """A folder of frames (filmed at `fps`) or a video file, checked from its header only."""
-    return FrameFolder.open(path, fps) if path.is_dir() else VideoFile.open(path)
+    """A folder of frames (filmed at `fps`) or a video file, checked from its header only. Frames are
+    bounded like images: more pixels per frame than Pillow's decompression-bomb limit is refused (each
+    frame is decoded whole before it is shrunk, so a 16k x 16k stream costs 800 MB per frame)."""
+    video = FrameFolder.open(path, fps) if path.is_dir() else VideoFile.open(path)
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit and video.width * video.height > limit:
+        raise VideoError(f"{path}: frames of {video.width} x {video.height} = {video.width * video.height:,} pixels "
+                         f"are over the limit of {limit:,} per frame (Pillow's decompression-bomb limit, as for "
+                         "images); scale the video down first, e.g. `ffmpeg -i IN -vf scale=1280:-2 OUT.mp4`")
+    return video
 
 
 def preprocess_source(source: VideoFile | FrameFolder, fps: float = 2.0):

@@ -90,8 +90,12 @@ def test_empty_question(checkpoint, photo, capsys, question):
 
 
 @pytest.mark.parametrize("option, value, needle", [
-    ("--max-new-tokens", 0, "at least 1"), ("--temperature", -1, ">= 0"), ("--top-p", 0, "(0, 1]"),
-    ("--top-p", 1.5, "(0, 1]"), ("--fps", 0, "positive")])
+    ("--max-new-tokens", 0, "at least 1"), ("--temperature", -1, "0 (greedy) or a number from 0.01 to 100"),
+    ("--temperature", "nan", "from 0.01 to 100"), ("--temperature", "inf", "from 0.01 to 100"),
+    ("--temperature", "1e-45", "from 0.01 to 100"), ("--top-p", 0, "(0, 1]"), ("--top-p", 1.5, "(0, 1]"),
+    ("--top-p", "nan", "(0, 1]"), ("--top-p", "inf", "(0, 1]"), ("--fps", 0, "positive"), ("--fps", "inf", "positive"),
+    ("--fps", "nan", "positive"), ("--seed", -1, "0 to 2**64 - 1"), ("--seed", 2**64, "0 to 2**64 - 1"),
+    ("--max-pixels", 10, "between 3,136"), ("--max-pixels", 10**9, "12,845,056")])
 def test_generation_options_out_of_range(checkpoint, photo, capsys, option, value, needle):
     assert_user_error(capsys, [photo, "--checkpoint", checkpoint, option, value], option, needle)
 
@@ -192,3 +196,174 @@ def test_command_line_process_says_one_line(tmp_path):
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.strip().splitlines() == [done.stderr.strip()] and done.stderr.startswith("error: ")
     assert "loading" not in done.stderr
+
+
+@pytest.mark.parametrize("name, value, needles", [
+    ("QVL_DTYPE", "fp32", ("$QVL_DTYPE='fp32'", "float32, bfloat16")),
+    ("QVL_STORAGE", "bf16", ("$QVL_STORAGE = 'bf16'", "'bfloat16'", "'float32'")),
+])
+def test_environment_variables_with_a_wrong_value(checkpoint, photo, monkeypatch, capsys, name, value, needles):
+    monkeypatch.setenv(name, value)
+    assert_user_error(capsys, [photo, "--checkpoint", checkpoint], *needles)
+
+
+def write_json(name, value):
+    return lambda folder: (folder / name).write_text(json.dumps(value))
+
+
+def edited_config(checkpoint, **changes):
+    """The stand-in's config.json with fields changed (in its nested text_config too, which wins)."""
+    config = {**json.loads((checkpoint / "config.json").read_text()), **changes}
+    if "text_config" in config:
+        config["text_config"] = {**config["text_config"], **changes}
+    return config
+
+
+def shard_with(header_changes, checkpoint):
+    """The stand-in's model.safetensors with its header edited (data section kept)."""
+    raw = (checkpoint / "model.safetensors").read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + n])
+    header_changes(header)
+    text = json.dumps(header).encode()
+    return struct.pack("<Q", len(text)) + text + raw[8 + n:]
+
+
+def first_tensor(header):
+    return next(k for k in header if k != "__metadata__")
+
+
+@pytest.fixture
+def tokenizer_read_once(monkeypatch):
+    """tokenizer.json parsed once per real file (1-2 s each): the folders below link to the same one."""
+    from tokenizers import Tokenizer
+
+    from qvl_minimal import tokenizer_files
+
+    cache = {}
+
+    class Cached:
+        @staticmethod
+        def from_file(name):
+            key = (os.path.realpath(name), os.stat(name).st_mtime_ns)
+            if key not in cache:
+                cache[key] = Tokenizer.from_file(name)
+            return cache[key]
+
+    monkeypatch.setattr(tokenizer_files, "Tokenizer", Cached)
+
+
+BROKEN_FOLDERS = {  # name: (file replaced, how, words the one line must hold)
+    "config a list": ("config.json", write_json("config.json", [1]), ("config.json", "JSON list")),
+    "config field of the wrong type": ("config.json", lambda f, c: (f / "config.json").write_text(
+        json.dumps(edited_config(c, vocab_size="151936"))), ("config.json", "vocab_size", "integer")),
+    "config sizes that disagree": ("config.json", lambda f, c: (f / "config.json").write_text(
+        json.dumps(edited_config(c, num_key_value_heads=3))), ("num_key_value_heads 3",)),
+    "another model's weights": ("config.json", lambda f, c: (f / "config.json").write_text(
+        json.dumps(edited_config(c, intermediate_size=256))), ("has shape", "different models")),
+    "generation config a list": ("generation_config.json", write_json("generation_config.json", [151645]),
+                                 ("generation_config.json", "JSON list", "delete it")),
+    "pad_token_id a string": ("generation_config.json", write_json("generation_config.json", {"pad_token_id": "x"}),
+                              ("generation_config.json", "pad_token_id", "integer")),
+    "tokenizer.json {}": ("tokenizer.json", write_json("tokenizer.json", {}), ("tokenizer.json", "not a tokenizer file")),
+    "chat_template.json []": ("chat_template.json", write_json("chat_template.json", []),
+                              ("chat_template.json", "JSON list")),
+    "index a list": ("model.safetensors.index.json", write_json("model.safetensors.index.json", []),
+                     ("model.safetensors.index.json", "not an index file")),
+    "dtype a list": ("model.safetensors", lambda f, c: (f / "model.safetensors").write_bytes(shard_with(
+        lambda h: h[first_tensor(h)].update(dtype=["BF16"]), c)), ("model.safetensors", "unknown dtype")),
+    "metadata a list": ("model.safetensors", lambda f, c: (f / "model.safetensors").write_bytes(shard_with(
+        lambda h: h.update(__metadata__=["pt"]), c)), ("model.safetensors", "__metadata__")),
+    "integer weights": ("model.safetensors", lambda f, c: (f / "model.safetensors").write_bytes(shard_with(
+        lambda h: h[first_tensor(h)].update(dtype="I16"), c)), ("stored as I16", "floating-point")),
+    "config.json a folder": ("config.json", lambda f: (f / "config.json").mkdir(), ("config.json",)),
+}
+
+
+@pytest.mark.parametrize("case", list(BROKEN_FOLDERS))
+def test_every_broken_file_of_the_folder_is_one_line_before_the_load(checkpoint, photo, tmp_path, capsys, case,
+                                                                     tokenizer_read_once):
+    name, write, words = BROKEN_FOLDERS[case]
+    folder = broken_copy(checkpoint, tmp_path / "ckpt", skip={name})
+    write(folder) if write.__code__.co_argcount == 1 else write(folder, checkpoint)
+    assert_user_error(capsys, [photo, "--checkpoint", folder], *words)
+
+
+@pytest.mark.parametrize("content", [b"", b"null", b"[]", b"{}", b'{"a": [1, {"b": 2}]}', b"\xff\xfe\x00",
+                                     b"[" * 100_000, b"9" * 5000])
+def test_no_file_of_the_folder_can_make_a_traceback(checkpoint, photo, tmp_path, capsys, content, tokenizer_read_once):
+    """Every file of the checkpoint replaced in turn by junk: describe says one `error:` line, or (for a
+    file it does not need, such as vocab.json) goes on to the load; never a traceback."""
+    for file in sorted(checkpoint.iterdir()):
+        folder = broken_copy(checkpoint, tmp_path / file.name, skip={file.name})
+        (folder / file.name).write_bytes(content)
+        try:
+            rc = main(["describe", str(photo), "--checkpoint", str(folder)])
+        except AssertionError as err:  # model_must_not_load: everything checked passed
+            assert "the model was loaded" in str(err)
+            optional = ("vocab.json", "merges.txt", "tokenizer_config.json", "generation_config.json")  # {}: defaults
+            assert file.name in optional and (file.name != "generation_config.json" or content.startswith(b"{")), \
+                (file.name, content[:20])
+            capsys.readouterr()
+            continue
+        err = capsys.readouterr().err
+        assert rc == 2 and len(err.strip().splitlines()) == 1 and err.startswith("error: "), (file.name, err)
+
+
+def test_hub_cache_ref_that_leaves_the_snapshots_is_refused(checkpoint, photo, tmp_path, capsys):
+    repo = tmp_path / "models--Qwen--Qwen2.5-VL-3B-Instruct"
+    (repo / "snapshots").mkdir(parents=True)
+    (repo / "refs").mkdir()
+    broken_copy(checkpoint, tmp_path / "elsewhere")
+    (repo / "refs" / "main").write_text("../../elsewhere")
+    assert_user_error(capsys, [photo, "--checkpoint", repo], "refs/main", "../../elsewhere", "not a folder name")
+
+
+def test_too_many_visual_tokens_for_the_context(checkpoint, tmp_path, capsys, tokenizer_read_once):
+    """Counted before the load: a checkpoint whose context is 2,000 tokens, two images of 1,296 tokens each."""
+    folder = broken_copy(checkpoint, tmp_path / "ckpt", skip={"config.json"})
+    (folder / "config.json").write_text(json.dumps(edited_config(checkpoint, max_position_embeddings=2000)))
+    big = tmp_path / "big.png"
+    Image.new("RGB", (1008, 1008)).save(big)  # 36 x 36 merge units: 1,296 visual tokens
+    line = assert_user_error(capsys, [big, big, "--checkpoint", folder], "2,592 visual: 1,296, 1,296 per input",
+                             "context of 2,000", "--max-pixels", "fewer images")
+    assert "the prompt is 2,6" in line
+    with pytest.raises(AssertionError, match="the model was loaded"):  # the fix it names works
+        main(["describe", str(big), str(big), "--checkpoint", str(folder), "--max-pixels", str(500 * 784)])
+
+
+def test_more_than_the_memory_can_hold(checkpoint, photo, tmp_path, monkeypatch, capsys, tokenizer_read_once):
+    from qvl_minimal import storage
+
+    monkeypatch.setattr(storage, "free_memory", lambda device="cpu": 10_000_000)  # 10 MB free
+    big = tmp_path / "big.png"
+    Image.new("RGB", (1008, 1008)).save(big)
+    assert_user_error(capsys, [big, "--checkpoint", checkpoint], "1,296 of them visual", "GB of activations", "0.0 GB of memory is free",
+                      "--max-pixels")
+    monkeypatch.setattr(storage, "free_memory", lambda device="cpu": 1 << 40)
+    with pytest.raises(AssertionError, match="the model was loaded"):  # the same image fits in 1 TB
+        main(["describe", str(big), "--checkpoint", str(checkpoint)])
+
+
+@pytest.mark.parametrize("kind", ["frames", "file"])
+def test_video_frames_bounded_like_images(checkpoint, tmp_path, monkeypatch, capsys, kind):
+    from PIL import Image as PILImage
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i in range(4):
+        Image.new("RGB", (64, 48), (60 * i, 0, 0)).save(frames / f"{i}.png")
+    target = frames
+    if kind == "file":
+        av = pytest.importorskip("av")
+        target = tmp_path / "clip.mp4"
+        with av.open(str(target), "w") as container:
+            stream = container.add_stream("mpeg4", rate=4)
+            stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+            for i in range(4):
+                frame = av.VideoFrame.from_image(PILImage.open(frames / f"{i}.png"))
+                container.mux(stream.encode(frame))
+            container.mux(stream.encode())
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 2000)  # 64 x 48 = 3,072 pixels per frame
+    assert_user_error(capsys, [target, "--checkpoint", checkpoint], "64 x 48 = 3,072 pixels", "limit of 2,000",
+                      "scale the video down")
