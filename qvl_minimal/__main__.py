@@ -3,6 +3,7 @@
     python -m qvl_minimal describe IMAGE... | VIDEO [--question TEXT] [--checkpoint DIR] [--json] ...
     python -m qvl_minimal figures [--out figures/]
     python -m qvl_minimal site [--out _site/]
+    python -m qvl_minimal train --out DIR [--steps N] [--seed S]
 
 Each command is a module with `configure(parser)` (its arguments) and `run(args) -> exit code`;
 COMMANDS lists them. A module is imported only when its command runs, so `--help` stays fast.
@@ -21,6 +22,7 @@ COMMANDS = {  # name -> (module, one line of help)
     "handouts": ("qvl_minimal.labs.handouts", "write the student version of every chapter with exercises"),
     "grade": ("qvl_minimal.labs.grade", "run student notebooks and tabulate their checks (pass / fail / not attempted)"),
     "bench": ("qvl_minimal.bench", "time our model against the reference and this machine's ceilings (--quick, --full)"),
+    "train": ("qvl_minimal.train_cli", "train chapter 14's small model on the shapes task and write a checkpoint folder"),
 }
 
 

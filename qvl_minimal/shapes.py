@@ -119,6 +119,6 @@ def make_example(split: str, seed: int, index: int, kinds=QUESTION_KINDS, colour
     return Example(image, shapes, question, answer, kind)
 
 
-def held_out(n: int, kinds=QUESTION_KINDS, colours: dict = COLOURS) -> list[Example]:
-    """The held-out set: n examples from the "heldout" split, which no training run draws from."""
-    return [make_example("heldout", 0, i, kinds, colours) for i in range(n)]
+def held_out(n: int, kinds=QUESTION_KINDS, colours: dict = COLOURS, start: int = 0) -> list[Example]:
+    """The held-out set: examples start .. start + n - 1 of the "heldout" split, which no training run draws from."""
+    return [make_example("heldout", 0, i, kinds, colours) for i in range(start, start + n)]

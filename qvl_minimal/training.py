@@ -195,7 +195,7 @@ def evaluate(model, tokenizer, examples) -> dict[str, float]:
 # ----------------------------------------------------------------------------- the loop
 @dataclass
 class TrainSettings:
-    steps: int = 3000  # optimiser steps
+    steps: int = 1500  # optimiser steps
     batch_size: int = 16  # examples per step, question kinds mixed
     lr: float = 2e-3  # peak learning rate
     warmup: int = 100  # steps of linear warm-up
