@@ -207,10 +207,9 @@ def check_checkpoint_folder(path=None, tokenizer: bool = True) -> CheckedFolder:
 
 def _check_tensors(folder: Path, config, generation, listed: dict, headers: dict) -> CheckedFolder:
     """The stored tensors against the model the config describes (names, shapes, dtypes, once each)."""
-    index = folder / "model.safetensors.index.json"
     for file, (entries, _) in headers.items():
         if listed[file] is not None and (absent := sorted(set(listed[file]) - entries.keys())):
-            raise CheckpointError(f"{file.name}: {index.name} lists {absent[:3]} here, but the file does not hold them")
+            raise CheckpointError(f"{file.name}: the index lists {absent[:3]} here, but the file does not hold them")
     layout, rename = checkpoint_layout([n for entries, _ in headers.values() for n in entries], folder.name)
     expected, tied = expected_shapes(config), config.text_config.tie_word_embeddings
     checked = CheckedFolder(folder, config, generation, headers, layout, rename)

@@ -9,8 +9,9 @@
 
 Sphinx (with myst-nb and sphinx-book-theme) does the work; this module lays out a temporary
 source folder, writes its conf.py, and runs one build. Nothing is fetched at build time. The
-result opens directly from disk: `<out>/index.html`. The tools are an optional extra:
-`pip install -e ".[site]"`.
+result opens directly from disk: `<out>/index.html`. The folder `--out` is replaced whole, so it must
+be new, empty, or a site built before (it holds SITE_MARKER); anything else is refused. The tools are
+an optional extra, `pip install -e ".[site]"`, which `.[dev]` includes (the tests build the site).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent  # the repository: README.md, chapters/, figures/
+SITE_MARKER = ".qvl-site"  # written into every site built, so that a rebuild may replace that folder, and no other
 MISSING_TOOLS = ("the website needs Sphinx, myst-nb, sphinx-book-theme and jupyter-server-mathjax; "
                  'install them with `pip install -e ".[site]"`')
 
@@ -68,12 +70,22 @@ TOCTREE = """
 """
 
 
-def chapter_notebooks(root: Path = ROOT) -> list[Path]:
-    """The notebooks of the book in reading order: 00_ ... 13_, then the appendix."""
-    notebooks = sorted((root / "chapters").glob("*.ipynb"))
-    if not notebooks:
-        raise FileNotFoundError(f"no notebooks in {root / 'chapters'}: run this from a checkout of the book")
+def chapter_notebooks(chapters: Path = ROOT / "chapters") -> list[Path]:
+    """The notebooks of the book in reading order: 00_ ... 13_, then the appendix; hidden files (an
+    editor's .~lock or ._ copies) left out. The one list the website and the handouts both use."""
+    notebooks = (p for p in Path(chapters).glob("*.ipynb") if not p.name.startswith("."))
     return sorted(notebooks, key=lambda p: (not p.name[:2].isdigit(), p.name))
+
+
+def check_out_folder(out: Path) -> None:
+    """`--out` may be new, empty, or a site this command built (it holds SITE_MARKER): it is replaced
+    whole. Anything else (`--out .` would be the repository) is refused before building."""
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} is a file, not a folder; choose a new folder, e.g. --out _site")
+    if out.is_dir() and any(out.iterdir()) and not (out / SITE_MARKER).is_file():
+        raise FileExistsError(f"--out {out} is a folder that holds other files and is not a site built by this "
+                              f"command (no {SITE_MARKER} in it); it would be deleted and replaced. Choose a new or "
+                              "empty folder, e.g. --out _site")
 
 
 def front_page(readme: str, notebooks: list[Path]) -> str:
@@ -102,7 +114,9 @@ def lay_out_sources(src: Path, root: Path = ROOT) -> None:
         import jupyter_server_mathjax
     except ImportError as e:
         raise SystemExit(f"error: {MISSING_TOOLS}") from e
-    notebooks = chapter_notebooks(root)
+    notebooks = chapter_notebooks(root / "chapters")
+    if not notebooks:
+        raise FileNotFoundError(f"no notebooks in {root / 'chapters'}: run this from a checkout of the book")
     (src / "chapters").mkdir(parents=True)
     for notebook in notebooks:
         shutil.copy2(notebook, src / "chapters" / notebook.name)
@@ -115,12 +129,14 @@ def lay_out_sources(src: Path, root: Path = ROOT) -> None:
 
 
 def build_site(out: Path, root: Path = ROOT, quiet: bool = True) -> Path:
-    """Build the website into `out` (replaced if it exists); returns the path of index.html."""
+    """Build the website into `out` (a previous site there is replaced; any other non-empty folder is
+    refused: check_out_folder); returns the path of index.html."""
+    out = Path(out).resolve()
+    check_out_folder(out)
     try:
         from sphinx.cmd.build import build_main
     except ImportError as e:
         raise SystemExit(f"error: {MISSING_TOOLS}") from e
-    out = Path(out).resolve()
     with tempfile.TemporaryDirectory(prefix="qvl-site-") as tmp:
         src = Path(tmp) / "src"
         lay_out_sources(src, root)
@@ -129,6 +145,7 @@ def build_site(out: Path, root: Path = ROOT, quiet: bool = True) -> Path:
         status = build_main(args + (["-q"] if quiet else []))
         if status != 0:
             raise RuntimeError(f"sphinx-build failed with exit status {status} (run with --verbose to see why)")
+        (html / SITE_MARKER).write_text("built by `python -m qvl_minimal site`; a rebuild replaces this folder\n")
         if out.exists():
             shutil.rmtree(out)
         shutil.copytree(html, out)
@@ -142,6 +159,11 @@ def configure(parser) -> None:
 
 
 def run(args) -> int:
+    try:
+        check_out_folder(Path(args.out).resolve())
+    except FileExistsError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print("building the website from the stored notebooks (no execution, no network) ...", file=sys.stderr)
     index = build_site(Path(args.out), quiet=not args.verbose)
     print(f"wrote {index.parent}; open {index} in a browser")

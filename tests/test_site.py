@@ -13,7 +13,8 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
-from qvl_minimal.website import ROOT, build_site, chapter_notebooks
+from qvl_minimal.__main__ import main
+from qvl_minimal.website import ROOT, SITE_MARKER, build_site, chapter_notebooks, check_out_folder
 
 MACHINE_PATHS = [str(ROOT), os.path.expanduser("~") + "/", tempfile.gettempdir() + "/"]
 
@@ -107,3 +108,42 @@ def test_no_page_shows_a_machine_path(site):
         text = path.read_text(encoding="utf-8")
         for machine_path in MACHINE_PATHS:
             assert machine_path not in text, f"{path.relative_to(out)} shows {machine_path}"
+
+
+def test_the_readme_install_brings_every_test_tool_and_ci_uses_it():
+    """The README's `pip install -e ".[dev]"` must give a green `pytest`: the dev extra carries the site
+    tools these tests need, and .ci/run installs with exactly the README's command (so CI sees what a
+    newcomer sees)."""
+    import re
+    import tomllib
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    install = re.search(r"## Install.*?\n    (pip install [^\n]+)", readme, re.S).group(1).strip()
+    ci = re.findall(r"pip install --quiet (-e [^\s#]+)", (ROOT / ".ci" / "run").read_text())
+    assert install == 'pip install -e ".[dev]"' and ci == ['-e ".[dev]"'], (install, ci)
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert "qvl-minimal[site]" in extras["dev"] or set(extras["site"]) <= set(extras["dev"])
+
+
+def test_out_folder_must_be_new_empty_or_a_previous_site(tmp_path, capsys):
+    check_out_folder(tmp_path / "new")  # new: fine
+    (tmp_path / "empty").mkdir()
+    check_out_folder(tmp_path / "empty")
+    (tmp_path / "old_site").mkdir()
+    (tmp_path / "old_site" / SITE_MARKER).write_text("")
+    (tmp_path / "old_site" / "index.html").write_text("")
+    check_out_folder(tmp_path / "old_site")  # a previous site is replaced
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "thesis.tex").write_text("months of work")
+    for refused in (tmp_path / "work", ROOT, tmp_path / "work" / "thesis.tex"):
+        with pytest.raises(FileExistsError, match="--out"):
+            check_out_folder(refused)
+    assert main(["site", "--out", str(tmp_path / "work")]) == 2  # refused before building: nothing deleted
+    err = capsys.readouterr().err
+    assert err.startswith("error: --out") and len(err.strip().splitlines()) == 1
+    assert (tmp_path / "work" / "thesis.tex").read_text() == "months of work"
+
+
+def test_the_site_carries_its_marker(site):
+    out, _ = site
+    assert (out / SITE_MARKER).is_file()

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import nbformat
 
+from ..website import chapter_notebooks  # the book's notebooks in reading order, one rule for both
+
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 STUB = ("# YOUR CODE HERE", "raise NotImplementedError()")
 EXERCISE, CHECK, SOLUTION = "exercise", "check", "solution"  # the cell tags of the convention
@@ -156,10 +158,6 @@ def make_handout(nb, name: str):
     handout.cells = [top] + cells
     handout.metadata["qvl_lab"] = {"handout_of": f"chapters/{name}", "exercises": ids}
     return handout, stubs
-
-
-def chapter_notebooks(chapters: Path) -> list[Path]:
-    return sorted(p for p in Path(chapters).glob("*.ipynb") if not p.name.startswith("."))
 
 
 def write_handouts(chapters: Path, out: Path, only: list[str] | None = None) -> list[tuple[Path, int, list[str]]]:
