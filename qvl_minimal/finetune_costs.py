@@ -156,6 +156,27 @@ def laptop_table(config: Qwen25VLConfig | None = None, tokens: int = 1024, budge
     return rows
 
 
+def max_tokens(config: Qwen25VLConfig, method: str, budget: float, **kwargs) -> int:
+    """The longest sequence (every token scored) whose step fits in `budget` bytes; 0 if none does.
+    The total is affine in the tokens, so two evaluations give the slope."""
+    fixed = finetune_memory(config, 0, method, **kwargs)["total"]
+    slope = finetune_memory(config, 1, method, **kwargs)["total"] - fixed
+    return max(0, int((budget - fixed) // slope))
+
+
+def format_laptop_table(rows: list[dict], usable: float) -> list[str]:
+    """laptop_table's rows as aligned lines, GB = 10^9 bytes."""
+    head = f"{'method':6} {'dtype':8} {'ckpt':4} {'weights':>8} {'grads':>6} {'AdamW':>6} {'activ.':>7} {'total':>7}  fits in {usable:g} GB?"
+    lines = [head]
+    for r in rows:
+        gb = {k: r[k] / GB for k in ("weights", "gradients", "adam_states", "total")}
+        act = (r["activations"] + r["recompute"] + r["loss_transient"]) / GB
+        lines.append(f"{r['method']:6} {r['dtype']:8} {'yes' if r['checkpointing'] else 'no':4} {gb['weights']:8.2f} "
+                     f"{gb['gradients']:6.2f} {gb['adam_states']:6.2f} {act:7.2f} {gb['total']:7.2f}  "
+                     f"{'yes' if r['fits'] else 'no'}")
+    return lines
+
+
 # ----------------------------------------------------------------------------- the measurement
 @contextmanager
 def checkpointed_layers(model):

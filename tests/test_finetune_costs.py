@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import qvl_minimal as qvl
-from qvl_minimal.finetune_costs import GB, finetune_memory, laptop_table, lora_parameter_count, measure_saved_bytes
+from qvl_minimal.finetune_costs import (GB, finetune_memory, format_laptop_table, laptop_table, lora_parameter_count,
+                                        max_tokens, measure_saved_bytes)
 from qvl_minimal.lora import add_lora, lora_parameters, unload_lora
 from qvl_minimal.params import count_parameters
 
@@ -117,6 +118,13 @@ def test_lora_count_by_hand_and_the_laptop_table():
         no, yes = rows["lora", dtype, False], rows["lora", dtype, True]
         assert yes["activations"] + yes["recompute"] < no["activations"]  # checkpointing pays
     assert rows["lora", "bfloat16", True]["fits"] and rows["lora", "bfloat16", True]["total"] < 12 * GB
+    assert len(format_laptop_table(list(rows.values()), 12)) == 1 + len(rows)
+    three_b = qvl.Qwen25VLConfig.preset("3b")
+    for ckpt in (False, True):
+        n = max_tokens(three_b, "lora", 12 * GB, dtype="bfloat16", checkpointing=ckpt)
+        total = lambda k: finetune_memory(three_b, k, "lora", dtype="bfloat16", checkpointing=ckpt)["total"]
+        assert n > 0 and total(n) <= 12 * GB < total(n + 1)
+    assert max_tokens(three_b, "full", 16 * GB, dtype="bfloat16", checkpointing=True) == 0  # no room at all
 
 
 def test_bad_arguments_are_named():
