@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import sys
 import threading
 import time
 
@@ -243,11 +244,21 @@ def bench(quick: bool = False, repeats: int | None = None, dtypes=None) -> tuple
             "bench --full measures the whole model"
             "\nload: in the stored dtype (bfloat16) both sides map the files into memory without reading them, so the "
             "reading is paid later, in the first run; a dtype conversion (float32) is paid at load by both")
-    assert all(not (isinstance(v, float) and math.isnan(v)) for r in rows for v in r.values())
+    check_finite(rows)
     return rows, roofs, note
 
 
+def check_finite(rows: list[dict]) -> None:
+    """A NaN anywhere in the table is a broken measurement: stop (a real check, kept under python -O)."""
+    broken = [(r["row"], k) for r in rows for k, v in r.items() if isinstance(v, float) and math.isnan(v)]
+    if broken:
+        raise RuntimeError(f"the bench measured NaN for {broken[:3]}; a timing or a ceiling failed, run it again")
+
+
 def run(args) -> int:
+    if args.repeats is not None and args.repeats < 1:
+        print(f"error: --repeats must be at least 1 (timed runs per row and side), got {args.repeats}", file=sys.stderr)
+        return 2
     if args.full:
         from .bench_full import run_full
 

@@ -17,12 +17,16 @@ from __future__ import annotations
 
 import json
 import os
-import resource
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
+
+from .cli_stats import peak_memory_bytes  # ru_maxrss in bytes on every platform (None where unknown)
 
 MAX_NEW_TOKENS = 32
 SHARD_BYTES = 2_000_000_000
@@ -30,12 +34,9 @@ SHARD_BYTES = 2_000_000_000
 
 def full_standin():
     """The cached full-depth stand-in folder; written on first use (about 7.5 GB on disk)."""
-    from safetensors.torch import save_file
-
     from .config import CONFIG_DIR, Qwen25VLConfig
     from .model import Qwen25VL
     from .standin import STANDIN_CACHE
-    from .tokenizer_files import write_tokenizer_files
 
     folder = STANDIN_CACHE / "standin-3b-full-depth"
     if (folder / "model.safetensors.index.json").is_file():
@@ -44,8 +45,40 @@ def full_standin():
     config = Qwen25VLConfig.from_pretrained(source)
     with torch.device("meta"):
         shapes = {k: v.shape for k, v in Qwen25VL(config).state_dict().items()}  # the checkpoint's names
-    tmp = folder.with_name(folder.name + ".partial")
-    tmp.mkdir(parents=True, exist_ok=True)
+    tmp = partial_folder(folder)
+    try:
+        write_shards(tmp, shapes, source)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a failed or interrupted run leaves nothing behind
+        raise
+    return publish(tmp, folder)
+
+
+def partial_folder(folder: Path) -> Path:
+    """A new, empty folder beside `folder`, its name unique to this run: two runs writing at once do
+    not write into each other's files."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=folder.name + ".partial-", dir=folder.parent))
+
+
+def publish(tmp: Path, folder: Path) -> Path:
+    """Rename the finished `tmp` to `folder` in one step; if another run published first, keep theirs."""
+    try:
+        tmp.rename(folder)
+    except OSError:
+        if not (folder / "model.safetensors.index.json").is_file():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def write_shards(tmp: Path, shapes: dict, source: Path) -> None:
+    """Random bfloat16 tensors of these shapes, in 2 GB shards with the hub's names, an index, the config
+    and the tokenizer files, into `tmp`."""
+    from safetensors.torch import save_file
+
+    from .tokenizer_files import write_tokenizer_files
+
     generator = torch.Generator().manual_seed(0)
     shards, shard, size = [], {}, 0  # shards: the names written to each file (the tensors are dropped)
     for name, shape in shapes.items():  # randomize_'s rule: norms 1 + N(0, 0.1), the rest N(0, 0.02)
@@ -66,8 +99,6 @@ def full_standin():
     (tmp / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}, indent=2))
     (tmp / "config.json").write_text(source.read_text())
     write_tokenizer_files(tmp)
-    tmp.rename(folder)
-    return folder
 
 
 @torch.no_grad()
@@ -104,7 +135,13 @@ def run_side(side: str, folder) -> dict:
     if getattr(model, "storage", None):
         dtype += f"/{model.storage} storage"
     return {"side": side, "dtype": dtype, "load_s": loaded - start, "generate_s": end - loaded, "wall_s": end - start,
-            "new_tokens": int(new.shape[1]), "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6}
+            "new_tokens": int(new.shape[1]), "peak_gb": peak_gb()}
+
+
+def peak_gb() -> float:
+    """This process's peak resident memory in GB (NaN where the platform cannot say)."""
+    peak = peak_memory_bytes()
+    return float("nan") if peak is None else peak / 1e9
 
 
 def median_run(runs: list[dict]) -> dict:
@@ -133,7 +170,7 @@ def run_full(args) -> int:
         print(f"reference: skipped ({why_fit})")
         sides.remove("reference")
     runs = {side: [] for side in sides}
-    for _ in range(max(1, args.repeats or 1)):  # ours, reference, ours, ...: a noisy neighbour hurts both alike
+    for _ in range(args.repeats or 1):  # ours, reference, ours, ...: a noisy neighbour hurts both alike
         for side in sides:
             code = f"import json; from qvl_minimal.bench_full import run_side; print(json.dumps(run_side({side!r}, {str(folder)!r})))"
             done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=os.environ)

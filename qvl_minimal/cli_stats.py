@@ -31,7 +31,7 @@ def peak_memory_bytes() -> int | None:
             import psutil
         except ImportError:
             return None
-        return psutil.Process().memory_info().peak_wset
+        return getattr(psutil.Process().memory_info(), "peak_wset", None)  # Windows' peak working set
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024  # macOS counts bytes, Linux kilobytes
 

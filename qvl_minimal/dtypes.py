@@ -67,7 +67,8 @@ def cpu_bf16_flags() -> bool | None:
     return None
 
 
-def _best_time(a: torch.Tensor, b: torch.Tensor) -> float:
+def _time_once(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Seconds of one a @ b (the caller keeps the best of several)."""
     start = time.perf_counter()
     a @ b
     return time.perf_counter() - start
@@ -87,8 +88,8 @@ def cpu_bfloat16_speedup(repeats: int = 5) -> float:
     a @ b, a16 @ b16  # warm-up: the first call picks the kernels
     fp32 = bf16 = float("inf")
     for _ in range(repeats):
-        fp32 = min(fp32, _best_time(a, b))
-        bf16 = min(bf16, _best_time(a16, b16))
+        fp32 = min(fp32, _time_once(a, b))
+        bf16 = min(bf16, _time_once(a16, b16))
     return fp32 / bf16
 
 

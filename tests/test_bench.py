@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 
 from qvl_minimal.__main__ import main
@@ -64,3 +65,55 @@ def test_full_run_keeps_the_median_run_and_the_highest_peak():
             {"wall_s": 25.0, "load_s": 3.0, "peak_gb": 7.2}]
     assert median_run(runs) == {"wall_s": 25.0, "load_s": 3.0, "peak_gb": 7.5}
     assert median_run(runs[:2])["wall_s"] == 20.0  # an even count: the faster of the two middle runs
+
+
+@pytest.mark.parametrize("argv", [["--full", "--repeats", "0"], ["--full", "--repeats", "-1"], ["--quick", "--repeats", "0"]])
+def test_repeats_below_one_is_one_error_line(capsys, argv):
+    assert main(["bench", *argv]) == 2  # refused before any stand-in is written or timed
+    err = capsys.readouterr().err
+    assert err.startswith("error: --repeats must be at least 1") and len(err.strip().splitlines()) == 1
+
+
+def test_two_full_runs_write_into_separate_partial_folders(tmp_path):
+    """The stand-in is written into a folder unique to the run, then renamed; a run that finishes second
+    keeps the first one's folder and removes its own."""
+    from qvl_minimal.bench_full import partial_folder, publish
+
+    folder = tmp_path / "standin-3b-full-depth"
+    a, b = partial_folder(folder), partial_folder(folder)
+    assert a != b and a.parent == b.parent == tmp_path and a.name.startswith(folder.name + ".partial-")
+    for tmp, mark in ((a, "a"), (b, "b")):
+        (tmp / "model.safetensors.index.json").write_text(mark)
+    assert publish(a, folder) == folder and publish(b, folder) == folder
+    assert (folder / "model.safetensors.index.json").read_text() == "a" and not b.exists()
+
+
+def test_full_bench_imports_without_resource_and_reports_peak_in_bytes(monkeypatch):
+    """`import resource` fails on Windows: bench_full imports anyway; its peak comes from cli_stats'
+    helper, which knows that macOS reports ru_maxrss in bytes and Linux in kilobytes."""
+    import importlib
+    import resource
+    import sys
+
+    from qvl_minimal import bench_full, cli_stats
+
+    kilobytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    monkeypatch.setattr(sys, "platform", "linux")
+    assert abs(bench_full.peak_gb() - kilobytes * 1024 / 1e9) < 0.5
+    monkeypatch.setattr(sys, "platform", "darwin")
+    assert abs(bench_full.peak_gb() - kilobytes / 1e9) < 0.5 / 1024 + 1e-3
+    monkeypatch.setitem(sys.modules, "resource", None)  # as on Windows
+    importlib.reload(bench_full)
+    assert cli_stats.peak_memory_bytes() is None or cli_stats.peak_memory_bytes() > 0
+
+
+def test_a_nan_in_the_table_stops_the_bench_even_under_python_O():
+    import subprocess
+    import sys
+
+    code = ("from qvl_minimal.bench import check_finite\n"
+            "check_finite([{'row': 'vision', 'ours': 1.0}])\n"
+            "try:\n    check_finite([{'row': 'vision', 'ours': float('nan')}])\nexcept RuntimeError as e:\n"
+            "    print('refused:', e)\n")
+    done = subprocess.run([sys.executable, "-O", "-c", code], capture_output=True, text=True, timeout=120)
+    assert "refused: the bench measured NaN for [('vision', 'ours')]" in done.stdout, done.stderr
