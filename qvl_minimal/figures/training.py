@@ -48,7 +48,7 @@ def learning_curve(history: list[dict], title: str = ""):
     left.set_yscale("log")
     left.set_xlabel("step")
     left.set_ylabel("training loss (mean since the last point)")
-    for kind in QUESTION_KINDS:
+    for kind in (k for k in QUESTION_KINDS if k in history[0]):
         right.plot(steps, [100 * h[kind] for h in history], "o-", ms=3, color=COLOURS[kind], label=kind)
         right.axhline(100 * CHANCE[kind], color=COLOURS[kind], ls=":", lw=1)
     right.set_ylim(-3, 103)
