@@ -2,9 +2,9 @@
 
     01.1  smart_resize(height, width, factor=28, min_pixels=..., max_pixels=...) -> (h, w)
     01.2  patch_rows(frames (T, 3, H, W)) -> pixel_values (T'/2 * H/14 * W/14, 1176)
-    01.3  quiz: <|image_pad|> tokens of a 1080 x 1920 screenshot
+    01.3  quiz: <|image_pad|> tokens of three images that smart_resize changes in unexpected ways
     01.4  quiz: the largest square side that the pixel budget does not shrink
-    01.5  quiz: frames kept, time steps and second_per_grid_t of two clips
+    01.5  video_tokens(total_frames, video_fps, height, width) -> <|video_pad|> tokens of a clip
     01.6  changed_by_white(rgba (H, W, 4) uint8) -> (H, W) bool
     01.7  unpatch(pixel_values, grid_thw) -> frames (2t, 3, 14h, 14w)
 
@@ -85,35 +85,62 @@ def _tokens(height: int, width: int) -> int:
     return (h // FACTOR) * (w // FACTOR)
 
 
-@exercise("01.3", "tokens of a 1080 x 1920 screenshot")
-def _(answer) -> str:
-    assert_answer(answer, _tokens(1080, 1920), "tokens",
-                  hint="both sides to the nearest multiple of 28, then one token per 28 x 28 px")
-    return "exact"
+_QUIZ_SIZES = [(14, 2800), (350, 994), (6000, 4000)]  # (height, width): min branch, two halves, max branch
 
 
-@exercise("01.4", "the largest square the budget leaves alone")
+def _quiz_tokens() -> dict[tuple[int, int], int]:
+    return {size: _tokens(*size) for size in _QUIZ_SIZES}
+
+
+@exercise("01.3", "tokens of three images, predicted", expected=_quiz_tokens)
 def _(answer) -> str:
-    side = max(s for s in range(3000, 4000) if smart_resize(s, s) == (round(s / FACTOR) * FACTOR,) * 2)
+    if not isinstance(answer, dict) or set(answer) != set(_QUIZ_SIZES):
+        raise AssertionError(f"answer must be a dict with the keys {_QUIZ_SIZES} (height, width)")
+    hints = {(14, 2800): "14 / 28 = 0.5 rounds to 0: which branch runs then, and what does its ceil do?",
+             (350, 994): "350 / 28 = 12.5 and 994 / 28 = 35.5: halves go to the even neighbour",
+             (6000, 4000): "24 MP is over max_pixels: beta shrinks both sides, then floor each one"}
+    for size in _QUIZ_SIZES:
+        assert_answer(answer[size], _tokens(*size), f"{size[0]} x {size[1]} px", hint=hints[size])
+    return "3 images, exact"
+
+
+def _largest_plain_square() -> int:
+    return max(s for s in range(3000, 4000) if smart_resize(s, s) == (round(s / FACTOR) * FACTOR,) * 2)
+
+
+@exercise("01.4", "the largest square the budget leaves alone", expected=_largest_plain_square)
+def _(answer) -> str:
+    side = _largest_plain_square()
     assert_answer(answer, side, "side (px)", hint=f"which sides round to a square of at most {MAX_PIXELS:,} px?")
     return "exact"
 
 
-@exercise("01.5", "frames, time steps and seconds of two clips")
-def _(answer) -> str:
-    clips = {"4.5 s at 30 fps": (135, 30.0), "1.5 s at 24 fps": (36, 24.0)}  # not the chapter's table
-    if not isinstance(answer, dict) or set(answer) != set(clips):
-        raise AssertionError(f"answer must be a dict with the keys {sorted(clips)}")
-    for name, (total, fps) in clips.items():
-        kept, rate = sample_frame_indices(total, fps)
-        mine = answer[name]
-        if not (isinstance(mine, (tuple, list)) and len(mine) == 3):
-            raise AssertionError(f"{name}: give (frames kept, t, second_per_grid_t), got {mine!r}")
-        assert_answer(mine[0], len(kept), f"{name}: frames kept", hint="duration x 2 fps, clamped to [4, 768], even")
-        assert_answer(mine[1], len(kept) // 2, f"{name}: t", hint="two frames per time step")
-        assert_answer(mine[2], 2 / rate, f"{name}: second_per_grid_t", tol=1e-9,
-                      hint="2 / the rate the kept frames sample")
-    return "2 clips, exact"
+def _video_tokens(total_frames: int, video_fps: float, height: int, width: int) -> int:
+    kept, _ = sample_frame_indices(total_frames, video_fps)
+    h, w = smart_resize(height, width, min_pixels=VIDEO_MIN_PIXELS, max_pixels=frame_pixel_budget(len(kept)))
+    return len(kept) // 2 * (h // FACTOR) * (w // FACTOR)
+
+
+_CLIPS = [  # (total frames, video_fps, height, width, what the case tests)
+    (90, 30.0, 60, 80, "the chapter's 3 s clip"),
+    (30, 30.0, 1080, 1920, "1 s of 1080p: 4 frames at least"),
+    (135, 30.0, 720, 1280, "4.5 s: 9 frames rounded down to even"),
+    (7, 24.0, 480, 640, "0.3 s: raised to the 4-frame minimum"),
+    (6000, 30.0, 1080, 1920, "200 s: 400 frames share the total budget"),
+    (36000, 30.0, 720, 1280, "20 min: the 768-frame cap"),
+    (48, 24.0, 20, 30, "a tiny clip: the per-frame minimum"),
+    (1001, 29.97, 2160, 3840, "4K at 29.97 fps"),
+]
+
+
+@exercise("01.5", "<|video_pad|> tokens of a clip")
+def _(video_tokens) -> str:
+    for total, fps, h, w, what in _CLIPS:
+        assert_answer(video_tokens(total, fps, h, w), _video_tokens(total, fps, h, w),
+                      f"{total} frames at {fps} fps, {h} x {w} px [{what}]",
+                      hint="frames kept -> time steps (2 frames each); one size for all frames from "
+                           "smart_resize with the video bounds, whose maximum depends on the frames kept")
+    return f"{len(_CLIPS)} clips incl. the 4-frame minimum, the shared budget and the 768-frame cap, exact"
 
 
 @exercise("01.6", "which pixels paste_on_white changes")

@@ -3,8 +3,9 @@
     03.1  positions(grid_thw) -> (N, 2) int64 (row, col) of every patch, in pixel_values order
     03.2  rotary_angles(grid_thw, head_dim) -> (N, head_dim // 2) float32
     03.3  rotate(x (N, heads, head_dim), angles (N, head_dim // 2)) -> x rotated, x's dtype
-    03.4  quiz: the head dims a step down (row + 1) changes
-    03.5  distinct_offsets(h, w) -> number of distinct (drow, dcol) on an h x w patch grid
+    03.4  quiz: the row offsets at which the fastest rotary pair nearly comes back to its start
+    03.5  offset_score(q (head_dim,), k (head_dim,), d_row, d_col) -> the score of q at any patch p
+          with k at p + (d_row, d_col), from the offset alone
     03.6  full_segments(grid_thw) -> cu_seqlens of the full-attention blocks: one segment per time step
 
 Checked against the library (`patch_positions`, `vision_rotary_angles`, `apply_rotary`) on single
@@ -12,6 +13,8 @@ images, videos (t > 1) and batches, with sides that are odd in merge units (3 x 
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -61,27 +64,47 @@ def _(rotate) -> str:
     return f"{len(cases)} shapes incl. head_dim 16 and a bfloat16 input, within rounding"
 
 
-@exercise("03.4", "the dims a row step changes")
+_PHOTO_ROWS = 42  # the photo's grid is 42 x 36 patches
+_NEAR = 0.2  # radians: "nearly back to the start"
+
+
+def _near_turns() -> list[int]:
+    """Row offsets 1..41 at which the fastest pair's angle is within 0.2 rad of a whole turn."""
+    inv_freq = 1.0 / 10000 ** (torch.arange(0, 40, 2, dtype=torch.float64) / 40)  # (20,)
+    offsets = torch.arange(1, _PHOTO_ROWS, dtype=torch.float64)  # (41,)
+    angle = offsets * inv_freq[0]  # the fastest pair: dims 0 and 40
+    off_turn = (angle - 2 * math.pi * torch.round(angle / (2 * math.pi))).abs()  # distance to a whole turn
+    return [int(d) for d in offsets[off_turn < _NEAR]]
+
+
+@exercise("03.4", "where the fastest rotary pair comes back", expected=_near_turns)
 def _(answer) -> str:
-    x = torch.randn(80)
-    angles = vision_rotary_angles([[1, 2, 2]], 80)  # (4, 40): patches (0, 0), (0, 1), (1, 0), (1, 1)
-    emb = torch.cat([angles, angles], dim=-1)  # (4, 80)
-    rotated = apply_rotary(x.expand(4, 80), emb.cos(), emb.sin())  # (4, 80)
-    expected = ((rotated[2] - rotated[0]).abs() > 0).nonzero().flatten().tolist()  # (1, 0) vs (0, 0)
     mine = sorted(int(i) for i in answer) if isinstance(answer, (list, tuple, range, torch.Tensor)) else answer
-    assert_answer(mine, expected, "dims", hint="which half of the 40 angles carries the row, and which dims share it?")
+    assert_answer(mine, _near_turns(), "row offsets",
+                  hint="the fastest pair turns by 1 radian per row; a whole turn is 2 pi = 6.283... radians, "
+                       "so look near the multiples of 2 pi below 42")
     return "exact"
 
 
-@exercise("03.5", "distinct relative offsets on a grid")
-def _(distinct_offsets) -> str:
-    sides = [(2, 2), (1, 5), (4, 6), (10, 14), (42, 36), (3, 1)]
-    for h, w in sides:
-        pos = torch.cartesian_prod(torch.arange(h), torch.arange(w))  # (h*w, 2)
-        d = pos[None] - pos[:, None]  # (h*w, h*w, 2): (drow, dcol) of every pair
-        offsets = (d[..., 0] * (2 * w + 1) + d[..., 1]).unique().numel()  # one integer per (drow, dcol)
-        assert_answer(distinct_offsets(h, w), offsets, f"a {h} x {w} grid", hint="count drow and dcol separately")
-    return f"{len(sides)} grids incl. 1-wide ones, exact"
+@exercise("03.5", "a score from the offset alone")
+def _(offset_score) -> str:
+    cases = [(80, 42, 36), (80, 6, 10), (16, 8, 8), (64, 20, 4)]  # (head_dim, grid height, grid width)
+    for head_dim, h, w in cases:
+        grid = [[1, h, w]]
+        pos = patch_positions(grid)  # (N, 2)
+        emb = torch.cat([vision_rotary_angles(grid, head_dim)] * 2, dim=-1).double()  # (N, head_dim)
+        q, k = torch.randn(head_dim, dtype=torch.float64), torch.randn(head_dim, dtype=torch.float64)
+        for _ in range(6):
+            i, j = torch.randint(0, h * w, (2,)).tolist()  # q at patch i, k at patch j
+            d_row, d_col = (pos[j] - pos[i]).tolist()
+            qr = apply_rotary(q, emb[i].cos(), emb[i].sin())
+            kr = apply_rotary(k, emb[j].cos(), emb[j].sin())
+            mine = offset_score(q.clone(), k.clone(), d_row, d_col)
+            mine = float(mine) if isinstance(mine, (int, float, torch.Tensor)) else mine
+            assert_answer(mine, float(qr @ kr), f"head_dim {head_dim}, offset ({d_row}, {d_col})",
+                          tol=1e-5 * float(q.norm() * k.norm()),  # float32 angles: about 1e-7 each
+                          hint="rotate only k, by the angles of the offset (negative offsets included)")
+    return f"{len(cases) * 6} patch pairs on 4 grids incl. head_dim 16 and 64, within 1e-5 |q| |k|"
 
 
 @exercise("03.6", "full-attention segments, one per time step")
