@@ -174,3 +174,20 @@ def test_help_says_what_grading_does_not_defend_against(capsys):
     text = capsys.readouterr().out
     assert "does NOT defend against" in text and "calls the library's own function" in text
     assert "reads the checker's source" in text and "docker run --rm --network none" in text
+
+
+def test_other_platforms_degrade_to_not_enforced(monkeypatch):
+    """Without Linux's prctl and /proc, or without `resource` (Windows), nothing raises: the guard is
+    simply not there (labs/README.md and `grade --help` say which)."""
+    monkeypatch.setattr(sandbox, "LINUX", False)
+    sandbox.no_network_prefix.cache_clear()
+    try:
+        assert sandbox.set_subreaper() is False and sandbox.is_subreaper() is False
+        assert sandbox.children() == set() and sandbox.kill_processes(set()) == 0
+        assert sandbox.no_network_prefix() == ()
+    finally:
+        sandbox.no_network_prefix.cache_clear()
+    monkeypatch.setitem(sys.modules, "resource", None)  # `import resource` fails, as on Windows
+    assert sandbox.limit_resources(2**30, 2**30) == ["memory", "file size", "core files"]
+    assert sandbox.unenforced(2**30, 2**30) == ["memory", "file size", "core files"]
+    assert sandbox.limited_prefix(2**30, 2**30) == ()  # the kernel starts without the wrapper

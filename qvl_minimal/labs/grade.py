@@ -81,7 +81,7 @@ class _Guard:
 
     def close(self) -> None:
         with self.lock:
-            sandbox.kill_processes(set(), keep=self.keep | self.workers)
+            sandbox.kill_processes(set(self.workers), keep=self.keep)
             if not self.was_subreaper:
                 sandbox.set_subreaper(False)
 
@@ -144,7 +144,8 @@ def grade_one(path: Path, job: dict, guard: _Guard, env: dict) -> tuple[dict[str
     if done and done.get("error"):
         return {}, f"not graded: {done['error']}", time.monotonic() - start
     if done:
-        note = str(done.get("note", ""))
+        unenforced = [str(u) for u in done.get("unenforced") or []]  # e.g. no RLIMIT_AS on this system
+        note = "; ".join(filter(None, [str(done.get("note", "")), ("limits not enforced here: " + ", ".join(unenforced)) if unenforced else ""]))
     elif timed_out:
         note = f"not run (stopped): the grading worker gave no result within {limit:g} s{where}"
     else:
@@ -175,17 +176,17 @@ def grade(paths: list[Path], timeout: float = 300, jobs: int = 1, real_weights: 
            "memory_bytes": int(memory_gb * 2**30) if memory_gb else None, "file_bytes": 4 * 2**30}
     copies = [Path(feedback) / name for name in short_names(paths)] if feedback else [None] * len(paths)
     results: dict[int, tuple] = {}
-    guard = _Guard()
+    guard, pool = _Guard(), ThreadPoolExecutor(max_workers=max(1, jobs))
     try:
-        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-            futures = {pool.submit(grade_one, path, {**job, "feedback": str(copy) if copy else None}, guard, env): i
-                       for i, (path, copy) in enumerate(zip(paths, copies))}
-            for future in as_completed(futures):
-                results[futures[future]] = future.result()
-                if on_rows:
-                    on_rows(_rows([paths[i] for i in sorted(results)], [results[i] for i in sorted(results)]))
+        futures = {pool.submit(grade_one, path, {**job, "feedback": str(copy) if copy else None}, guard, env): i
+                   for i, (path, copy) in enumerate(zip(paths, copies))}
+        for future in as_completed(futures):
+            results[futures[future]] = future.result()
+            if on_rows:
+                on_rows(_rows([paths[i] for i in sorted(results)], [results[i] for i in sorted(results)]))
     finally:
-        guard.close()
+        guard.close()  # after Ctrl-C: the workers still running too, so that the threads end at once
+        pool.shutdown(wait=True, cancel_futures=True)
     return _rows(paths, [results[i] for i in range(len(paths))])
 
 

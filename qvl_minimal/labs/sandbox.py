@@ -1,16 +1,19 @@
 """What keeps one student notebook from harming the grading of the others: process limits and clean-up.
 
-    grader (grade.py) ── subreaper ──> worker (worker.py, one per notebook, its own session)
-                                          │  subreaper, rlimits (address space, file size, no core files)
-                                          └─> kernel (the student's code, maybe in its own network namespace)
+    grader (grade.py) ── subreaper ──> worker (worker.py, one per notebook, its own session, subreaper)
+                                          └─> [python sandbox.py MEMORY FILE --] rlimits, then exec
+                                              [unshare --user --net --]          no network, then exec
+                                              kernel (the student's code)
                                                  └─> anything the notebook starts (sleep 300, a daemon...)
 
 - subreaper (Linux, prctl PR_SET_CHILD_SUBREAPER): a process the notebook starts and abandons, even in a
   new session (`start_new_session=True`) or by a double fork, becomes the worker's child, not init's;
   when the notebook ends the worker kills every descendant it has, and when the worker itself is killed
   its descendants become the grader's children, which the grader kills.
-- limits (`resource.setrlimit`, POSIX): the address space of every process of the notebook (MemoryError
-  instead of the machine's out-of-memory killer), the size of any one file it writes, no core files.
+- limits (`resource.setrlimit`, POSIX, set by this file run as a script before it execs the kernel, and
+  inherited by all the kernel starts): the address space of each process (MemoryError instead of the
+  machine's out-of-memory killer), the size of any one file written, no core files. The worker itself
+  is not limited: it must survive its notebook.
 - network (Linux with unprivileged user namespaces and `unshare` from util-linux): the kernel runs in a
   network namespace of its own with no interface but a loopback that is down, and talks to the worker
   over Unix sockets; elsewhere the network is NOT cut (labs/README.md says what to do).
@@ -162,3 +165,27 @@ def no_network_prefix() -> tuple[str, ...]:
         except (OSError, subprocess.SubprocessError):
             pass
     return ()
+
+
+def limited_prefix(memory_bytes: int | None, file_bytes: int | None) -> tuple[str, ...]:
+    """The command prefix that runs a program under limit_resources(memory_bytes, file_bytes): this file
+    run as a script (standard library only, so it starts at once), which sets the limits and execs."""
+    if (memory_bytes is None and file_bytes is None) or unenforced(memory_bytes, file_bytes) == ["memory", "file size", "core files"]:
+        return ()
+    return (sys.executable, os.path.abspath(__file__), str(memory_bytes or 0), str(file_bytes or 0), "--")
+
+
+def unenforced(memory_bytes: int | None, file_bytes: int | None) -> list[str]:
+    """The limits asked for that this platform does not enforce (no `resource` on Windows; macOS ignores
+    RLIMIT_AS)."""
+    try:
+        import resource  # noqa: F401
+    except ImportError:
+        return ["memory", "file size", "core files"]
+    return ["memory"] if memory_bytes and sys.platform == "darwin" else []
+
+
+if __name__ == "__main__":  # python sandbox.py MEMORY_BYTES FILE_BYTES -- PROGRAM ARGS...
+    limit_resources(int(sys.argv[1]) or None, int(sys.argv[2]) or None)
+    os.execvp(sys.argv[4], sys.argv[4:])
+

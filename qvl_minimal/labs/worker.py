@@ -1,7 +1,7 @@
 """One student notebook, graded in a process of its own: `python -m qvl_minimal.labs.worker` (started by grade.py).
 
     job (JSON on stdin: notebook, time limit, limits, checker files)
-        -> limits and subreaper for this process and all it starts (sandbox.py)
+        -> this process a subreaper; the kernel and all it starts under rlimits (sandbox.py)
         -> the grader's copy of the checkers imported NOW, before any student code runs
         -> nbclient runs the notebook top to bottom in a fresh kernel (errors allowed, output capped,
            network cut where the machine allows, one time limit for the whole notebook)
@@ -155,11 +155,12 @@ def _errors(cell) -> list[str]:
     return [out.get("ename", "") for out in cell.get("outputs", []) if out.get("output_type") == "error"]
 
 
-def execute(path: Path, timeout: float, report=None, network: bool = False,
-            max_output_bytes: int = MAX_OUTPUT_BYTES) -> tuple[object, str, dict[str, str]]:
+def execute(path: Path, timeout: float, report=None, network: bool = False, max_output_bytes: int = MAX_OUTPUT_BYTES,
+            memory_bytes: int | None = None, file_bytes: int | None = None) -> tuple[object, str, dict[str, str]]:
     """Run and grade the notebook at `path` within `timeout` seconds: (executed notebook, note, {id: status}).
     `report(event)` gets each event as it happens; with network=False the kernel runs without network
-    where this machine allows it (sandbox.no_network_prefix)."""
+    where this machine allows it (sandbox.no_network_prefix); the kernel and all it starts get at most
+    `memory_bytes` of address space and write no file over `file_bytes` (sandbox.limited_prefix)."""
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
 
     report = report or (lambda event: None)
@@ -170,11 +171,12 @@ def execute(path: Path, timeout: float, report=None, network: bool = False,
     load_checkers([CHECK_CALL.search(c.source).group(1) for c in nb.cells if CHECK in tags(c) and CHECK_CALL.search(c.source)])
     statuses, note, stub_raised, count = {}, "", False, 0
     deadline = time.monotonic() + timeout
-    prefix = () if network else sandbox.no_network_prefix()
+    isolated = () if network else sandbox.no_network_prefix()
+    prefix = sandbox.limited_prefix(memory_bytes, file_bytes) + isolated
     with tempfile.TemporaryDirectory(prefix="qvl-grade-") as folder:
         client = _client_class()(nb, kernel_name="python3", allow_errors=True, interrupt_on_timeout=False,
                                  shutdown_kernel="immediate",
-                                 kernel_manager_class=_kernel_manager_class(prefix, f"{folder}/k" if prefix else None),
+                                 kernel_manager_class=_kernel_manager_class(prefix, f"{folder}/k" if isolated else None),
                                  resources={"metadata": {"path": str(Path(path).parent.resolve())}})
         client.max_output_bytes = max_output_bytes
 
@@ -240,11 +242,12 @@ def main() -> int:
 
     os.environ.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
     sandbox.set_subreaper()
-    missing = sandbox.limit_resources(job.get("memory_bytes"), job.get("file_bytes"))
+    missing = sandbox.unenforced(job.get("memory_bytes"), job.get("file_bytes"))
     try:
         load_checkers([], job.get("checkers", []))
         nb, note, _ = execute(Path(job["notebook"]), job["timeout"], report, job.get("network", False),
-                              job.get("max_output_bytes", MAX_OUTPUT_BYTES))
+                              job.get("max_output_bytes", MAX_OUTPUT_BYTES), job.get("memory_bytes"),
+                              job.get("file_bytes"))
         if job.get("feedback"):
             Path(job["feedback"]).parent.mkdir(parents=True, exist_ok=True)
             nbformat.write(nb, job["feedback"])
