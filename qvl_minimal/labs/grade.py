@@ -270,11 +270,18 @@ def run(args) -> int:
         print("note: this machine cannot cut a kernel's network (no unprivileged user namespaces); "
               "see `grade --help` for a container that does", file=sys.stderr)
     args.csv.parent.mkdir(parents=True, exist_ok=True)
+    done = []
+
+    def save(rows):
+        write_csv(rows, args.csv)
+        done[:] = rows
+
     try:
         rows = grade(args.submissions, args.timeout, args.jobs, args.real_weights, args.feedback, args.checkers,
-                     args.memory, args.allow_network, on_rows=lambda rows: write_csv(rows, args.csv))
+                     args.memory, args.allow_network, on_rows=save)
     except KeyboardInterrupt:  # the workers are killed already (grade's finally)
-        print(f"error: interrupted; the notebooks graded so far are in {args.csv}", file=sys.stderr)
+        print(f"error: interrupted after {len(done)} of {len(args.submissions)} notebooks"
+              + (f"; their rows are in {args.csv}" if done else ""), file=sys.stderr)
         return 130
     print(table(rows))  # notebooks named from their common folder; the CSV keeps the paths as given
     write_csv(rows, args.csv)
