@@ -1,10 +1,18 @@
-"""Figures of chapter 12 (speed and memory): the vision tower's cost against image size, and the roofline.
+"""Figures of chapter 12 (speed and memory): the vision tower's cost against image size, and the
+roofline of one dtype.
 
-Both are predictions from the config (params.vision_flops, costs.prefill_flops, decode_weight_bytes),
-so the stored PNGs do not depend on the machine; the chapter adds its own measured points inline.
+    vision_cost(config, measured)     TFLOP per square image, stacked by kind of work (+ measured panel)
+    roofline(roof, points, dtype)     attainable GFLOP/s = min(peak, intensity x bandwidth), one dtype
+
+Both are predictions from the config (params.vision_flops, costs.prefill_flops,
+costs.decode_weight_bytes); the stored PNGs use the example roofs below, so they do not depend on
+the machine that draws them. The chapter draws the same figures with the roofs and the points it
+measures on the reader's machine.
 """
 
 from __future__ import annotations
+
+from functools import partial
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -15,7 +23,11 @@ from ..params import vision_flops
 from ..preprocess import smart_resize
 
 SIDES = (224, 448, 672, 896, 1344, 1792, 2688, 3584)  # square images, pixels per side
-EXAMPLE_ROOF = {"gflops": 420.0, "copy_gbs": 18.0}  # a 2-core CPU with native bfloat16 (appendix A.9)
+PROMPT_TOKENS = 403  # the photo with chapter 11's question, "Describe this image." (chapter 12 computes it)
+# Example roofs: the author's 2-core AMD EPYC with avx512_bf16 (appendix A.9): a large matrix
+# product's GFLOP/s in each dtype, and the memory bandwidth a matrix-vector product streamed at.
+EXAMPLE_ROOFS = {"float32": {"gflops": 190.0, "copy_gbs": 18.0},
+                 "bfloat16": {"gflops": 420.0, "copy_gbs": 18.0}}
 
 
 def vision_grid(side: int) -> list[list[int]]:
@@ -61,7 +73,8 @@ def vision_cost(config: Qwen25VLConfig | None = None, measured: dict | None = No
     ax.legend(fontsize=8, loc="upper left")
     if measured:
         ax = axes[0, 1]
-        ax.plot(measured["patches"], measured["predicted"], "o--", color="#999999", label="predicted (FLOPs / matmul speed)")
+        ax.plot(measured["patches"], measured["predicted"], "o--", color="#999999",
+                label="predicted (FLOPs / matmul speed)")
         ax.plot(measured["patches"], measured["seconds"], "s-", color="#3b75af", label="measured")
         ax.set_xlabel("patches N")
         ax.set_ylabel("seconds")
@@ -71,31 +84,44 @@ def vision_cost(config: Qwen25VLConfig | None = None, measured: dict | None = No
     return fig
 
 
-def roofline(roof: dict | None = None, points: dict | None = None, config: Qwen25VLConfig | None = None):
-    """Figure 12.2: attainable GFLOP/s = min(matmul peak, intensity x bandwidth), with the 3B text model's
-    prefill (403 tokens) and decode (one token) placed by their FLOPs per byte of weights read in bfloat16.
-    `points` ({label: (flops_per_byte, gflops)}) adds measured points."""
-    roof = roof or EXAMPLE_ROOF
+def roofline(roof: dict | None = None, points: dict | None = None, config: Qwen25VLConfig | None = None,
+             dtype: str = "bfloat16", prompt_tokens: int = PROMPT_TOKENS):
+    """Figures 12.2 and 12.3: the roofline of one dtype, attainable GFLOP/s = min(peak, intensity x
+    bandwidth), with the 3B text model's prefill (`prompt_tokens` tokens) and decode (one token) placed
+    by their FLOPs per byte of weights read in that dtype. `roof` = {"gflops": peak of a matrix product in
+    this dtype, "copy_gbs": memory bandwidth}; `points` ({label: (flops_per_byte, gflops)}) adds
+    measured points, which belong under this dtype's roof only."""
+    roof = roof or EXAMPLE_ROOFS[dtype]
     config = config or Qwen25VLConfig.preset("3b")
-    weights = decode_weight_bytes(config, "bfloat16")
-    predicted = {"prefill, 403 tokens": prefill_flops(config, 403)[0] / weights,
-                 "decode, 1 token": prefill_flops(config, 1)[0] / weights}
-    x = np.logspace(-1, 4, 200)
+    weights = decode_weight_bytes(config, dtype)
+    predicted = {f"3B prefill, {prompt_tokens} tokens": prefill_flops(config, prompt_tokens)[0] / weights,
+                 "3B decode, 1 token": prefill_flops(config, 1)[0] / weights}
+    ridge = roof["gflops"] / roof["copy_gbs"]  # FLOP/s over byte/s: FLOPs per byte where the roofs meet
+    x = np.logspace(-1.5, 3.5, 200)
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=90)
-    ax.plot(x, np.minimum(roof["gflops"], x * roof["copy_gbs"]), color="black", label="roof: min(peak, intensity x bandwidth)")
+    ax.plot(x, np.minimum(roof["gflops"], x * roof["copy_gbs"]), color="black",
+            label="roof: min(peak, intensity x bandwidth)")
+    ax.axvline(ridge, color="#999999", ls=":", lw=1)
+    ax.text(ridge * 1.1, roof["gflops"] * 0.02, f"ridge {ridge:.0f} FLOP/byte", fontsize=8, color="#555555")
+    ax.text(x[0] * 1.3, roof["gflops"] * 1.4, "memory-bound", fontsize=8, color="#555555")
+    ax.text(ridge * 1.3, roof["gflops"] * 1.4, "compute-bound", fontsize=8, color="#555555")
     for (label, intensity), colour in zip(predicted.items(), ("#e07b39", "#3b75af")):
-        ax.plot([intensity], [min(roof["gflops"], intensity * roof["copy_gbs"])], "o", color=colour, ms=9, label=label)
+        ax.plot([intensity], [min(roof["gflops"], intensity * roof["copy_gbs"])], "o", color=colour, ms=9,
+                label=f"{label} (predicted)")
     for label, (intensity, gflops) in (points or {}).items():
         ax.plot([intensity], [gflops], "x", ms=9, mew=2, label=f"measured: {label}")
-    ax.axvline(roof["gflops"] / roof["copy_gbs"], color="#999999", ls=":", lw=1)
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("FLOPs per byte of weights read (arithmetic intensity)")
+    highest = max([roof["gflops"], *(gflops for _, gflops in (points or {}).values())])
+    ax.set_ylim(top=highest * 3)  # a measured point above a roof measured on a busy machine stays in view
+    ax.set_xlabel(f"FLOPs per byte of {dtype} weights read (arithmetic intensity)")
     ax.set_ylabel("GFLOP/s")
-    ax.set_title(f"roofline: peak {roof['gflops']:.0f} GFLOP/s, bandwidth {roof['copy_gbs']:.0f} GB/s")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(f"{dtype}: peak {roof['gflops']:.0f} GFLOP/s, bandwidth {roof['copy_gbs']:.0f} GB/s")
+    ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     return fig
 
 
-FIGURES = {"12_vision_cost": vision_cost, "12_roofline": roofline}
+FIGURES = {"12_vision_cost": vision_cost,
+           "12_roofline_float32": partial(roofline, dtype="float32"),
+           "12_roofline_bfloat16": partial(roofline, dtype="bfloat16")}

@@ -1,57 +1,77 @@
-"""Chapter 12's exercises: where the memory and the compute go, against the library.
+"""Chapter 12's exercises: predict where the prefill turns compute-bound, and build an int8 quantiser.
 
-    12.1  kv_cache_bytes_mine(text_config, tokens, bytes_per_value, gqa) -> int
-          bytes of keys and values for `tokens` tokens, all layers; gqa=False: one KV head per query head
-    12.2  vision_attention_flops_mine(vision_config, grid_thw) -> (windowed, full)
-          FLOPs of the attention products (scores and weighted sums) in the windowed blocks and in
-          the full-attention blocks, with the book's definition (params.vision_flops)
+    12.1  quiz: the shortest prompt (tokens) whose 3B prefill in bfloat16 is compute-bound on a
+          machine with a bfloat16 peak of 480 GFLOP/s and a memory bandwidth of 16 GB/s
+          (its FLOPs per byte of weights read reach the ridge point, peak / bandwidth)
+    12.2  quantize_groups_mine(w, group) -> (q, scale)
+          weight-only int8 with one float32 scale per `group` consecutive weights of a row
+          (llama.cpp's Q8_0 uses groups of 32): q int8 (rows, cols) in [-127, 127],
+          scale (rows, cols // group) = the group's largest |w| / 127, w ~ scale * q
 
-Checked on the released configs and modified ones (other head counts, depths, window layouts) and
-on grids with cut windows, several images and video time steps.
+12.1 is checked against costs.prefill_flops / costs.decode_weight_bytes (within one token); 12.2 by
+what defines the quantiser (shapes, dtypes, the range of q, the scales, and every weight within half a
+step of its reconstruction) on matrices with an all-zero group, ties and extreme values.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+import torch
 
 from ..config import Qwen25VLConfig
-from ..figures.decoder import kv_cache_bytes
-from ..params import vision_flops
-from .core import assert_answer, exercise
+from ..costs import decode_weight_bytes, prefill_flops
+from .core import assert_answer, assert_tensor_matches, exercise
 
-_SIZES = ("3b", "7b", "72b", "tiny")
-
-
-@exercise("12.1", "KV-cache bytes with and without GQA")
-def _(kv_cache_bytes_mine) -> str:
-    cases = 0
-    for name in _SIZES:
-        tc = Qwen25VLConfig.preset(name).text_config
-        for tokens, nbytes in ((1, 2), (403, 2), (32768, 4)):
-            for gqa in (True, False):
-                expected = kv_cache_bytes(tc, tokens, nbytes, kv_heads=None if gqa else tc.num_attention_heads)
-                assert_answer(kv_cache_bytes_mine(tc, tokens, nbytes, gqa), expected,
-                              f"{name}, {tokens} tokens, {nbytes} bytes per value, gqa={gqa}",
-                              hint="keys AND values, every layer, only the stored heads")
-                cases += 1
-    return f"{cases} cases on 4 configs, exact"
+QUIZ_ROOF = {"gflops": 480.0, "copy_gbs": 16.0}  # bfloat16 peak and memory bandwidth of exercise 12.1
 
 
-def _vision_cases():
-    base = Qwen25VLConfig.preset("3b").vision_config
-    grids = ([[1, 36, 42]], [[1, 8, 8]], [[1, 10, 14]], [[1, 52, 92]], [[2, 12, 20]], [[1, 16, 16], [3, 6, 10]])
-    configs = (base, replace(base, depth=6, fullatt_block_indexes=(2, 5)),
-               Qwen25VLConfig.preset("tiny").vision_config)
-    return [(c, g) for c in configs for g in grids]
+def _compute_bound_prompt() -> int:
+    """The smallest L with prefill_flops(3B, L) / bytes of bfloat16 weights >= peak / bandwidth."""
+    config = Qwen25VLConfig.preset("3b")
+    ridge, weights = QUIZ_ROOF["gflops"] / QUIZ_ROOF["copy_gbs"], decode_weight_bytes(config, "bfloat16")
+    length = 1
+    while prefill_flops(config, length)[0] / weights < ridge:
+        length += 1
+    return length
 
 
-@exercise("12.2", "vision attention FLOPs, windowed and full")
-def _(vision_attention_flops_mine) -> str:
-    cases = _vision_cases()
-    for config, grid in cases:
-        _, parts = vision_flops(config, grid)
-        mine = vision_attention_flops_mine(config, grid)
-        what = f"depth {config.depth}, width {config.hidden_size}, grid {grid}"
-        assert_answer(tuple(int(x) for x in mine), (parts["window_attention"], parts["full_attention"]), what,
-                      hint="4 * width * L^2 per segment, summed over the segments and over the blocks of each kind")
-    return f"{len(cases)} grids x configs incl. cut windows and videos, exact"
+@exercise("12.1", "the prompt length where the 3B prefill turns compute-bound", expected=_compute_bound_prompt)
+def _(prompt_tokens) -> str:
+    assert_answer(prompt_tokens, _compute_bound_prompt(), "shortest compute-bound prompt", tol=1,
+                  hint="a prompt token does 2 FLOPs per weight it multiplies, but the head is read in full "
+                       "and multiplies only the last position")
+    return "right (within one token)"
+
+
+def _matrices() -> list[tuple[torch.Tensor, int, str]]:
+    w = torch.randn(6, 64)
+    w[1, 32:] = 0  # an all-zero group: its scale is 0 and so is every q
+    w[2, :8] = torch.tensor([1.0, -1.0, 0.5, -0.5, 0.25, 127.0, -3.0, 2.0])  # ties at half a step
+    w[3, 5] = -50.0  # a negative extreme: q = -127 there
+    return [(w, 32, "6 x 64 in groups of 32 (a zero group, ties, a negative extreme)"),
+            (w, 64, "6 x 64 in groups of 64 (one group per row)"),
+            (torch.randn(16, 256) * 0.02, 32, "16 x 256 weights of std 0.02 in groups of 32"),
+            (torch.randn(3, 96) * torch.logspace(-3, 2, 96), 16, "3 x 96, magnitudes 1e-3 .. 1e2, groups of 16")]
+
+
+@exercise("12.2", "int8 weights with one scale per group")
+def _(quantize_groups_mine) -> str:
+    cases = _matrices()
+    for w, group, what in cases:
+        q, scale = quantize_groups_mine(w.clone(), group)
+        rows, cols = w.shape
+        groups = w.reshape(rows, cols // group, group)  # (rows, groups, group)
+        expected_scale = groups.abs().amax(dim=-1) / 127  # (rows, groups)
+        assert_tensor_matches(scale, expected_scale, f"{what}: scale", rtol=1e-6)
+        if not isinstance(q, torch.Tensor) or q.dtype != torch.int8 or tuple(q.shape) != (rows, cols):
+            raise AssertionError(f"{what}: q must be an int8 tensor of shape {(rows, cols)}")
+        if q.abs().max() > 127:
+            raise AssertionError(f"{what}: q leaves [-127, 127]")
+        step = expected_scale[:, :, None].expand_as(groups)  # (rows, groups, group)
+        error = (groups - step * q.reshape(groups.shape).float()).abs()
+        if (error > step / 2 * (1 + 1e-5) + 1e-12).any():
+            raise AssertionError(f"{what}: some weight is more than half a step from scale * q "
+                                 "(round to the nearest integer, do not truncate)")
+        peak = q.reshape(groups.shape).abs().amax(dim=-1)  # (rows, groups)
+        if not torch.equal(peak, torch.where(expected_scale > 0, 127, 0).to(torch.int8)):
+            raise AssertionError(f"{what}: each group's largest |w| must become q = +-127")
+    return f"{len(cases)} matrices, group sizes 16 to 64: scales within 1e-6, every weight within half a step"
