@@ -58,10 +58,15 @@ class Qwen25VL(nn.Module):
         if not config.text_config.tie_word_embeddings:
             self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
 
+    @property
+    def language(self) -> TextModel:
+        """The language model (here `model`; Qwen3-VL keeps it at `model.language_model`)."""
+        return self.model
+
     def head(self, h: torch.Tensor) -> torch.Tensor:
         """Hidden states (..., D) -> logits (..., vocab)."""
         tied = self.config.text_config.tie_word_embeddings
-        weight = self.model.embed_tokens.weight if tied else self.lm_head.weight  # (vocab, D)
+        weight = self.language.embed_tokens.weight if tied else self.lm_head.weight  # (vocab, D)
         if weight.dtype != h.dtype:  # bfloat16 storage (storage.py): the table upcast into the scratch buffer
             weight = upcast(self, weight)  # (vocab, D) float32
         return F.linear(h, weight)  # (..., vocab)
@@ -154,7 +159,7 @@ class Qwen25VL(nn.Module):
         if temperature < 0 or not 0 < top_p <= 1:
             raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {temperature} and {top_p}")
         defaults = self.generation_config  # generation_config.json: stop on <|im_end|> or <|endoftext|>
-        device = self.model.embed_tokens.weight.device
+        device = self.language.embed_tokens.weight.device
         if temperature > 0 and generator is not None and generator.device.type != device.type:
             raise ValueError(f"the generator is on {generator.device} but the model samples on {device}; make "
                              f"it there: torch.Generator(device={str(device)!r}).manual_seed(seed)")
@@ -165,7 +170,7 @@ class Qwen25VL(nn.Module):
         if attention_mask.shape == input_ids.shape and input_ids.ndim == 2 and not attention_mask[:, -1].all():
             raise ValueError("a row ends with padding (attention_mask[:, -1] == 0); pad on the LEFT for generation")
 
-        cache = self.model.new_cache()
+        cache = self.language.new_cache()
         h, deltas = self.prefill(input_ids, attention_mask, pixel_values, image_grid_thw, pixel_values_videos,
                                  video_grid_thw, second_per_grid_ts, cache)  # (B, L, D), (B, 1)
         logits = self.head(h[:, -1])  # (B, vocab): only the last position predicts
@@ -182,8 +187,8 @@ class Qwen25VL(nn.Module):
                 break
             attention_mask = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], dim=1)  # (B, T)
             position_ids = (cache.length + deltas).expand(3, B, 1)  # (3, B, 1): same id on t, h, w
-            x = self.model.embed_tokens(token[:, None])  # (B, 1, D)
-            h = self.model(x, position_ids, attention_mask, cache)  # (B, 1, D)
+            x = self.language.embed_tokens(token[:, None])  # (B, 1, D)
+            h = self.language(x, position_ids, attention_mask, cache)  # (B, 1, D)
             logits = self.head(h[:, -1])  # (B, vocab)
         return torch.stack(new_tokens, dim=1)  # (B, n)
 

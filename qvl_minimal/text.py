@@ -22,6 +22,12 @@ from .config import TextConfig
 from .layers import RMSNorm, SwiGLU, apply_rotary
 
 
+def rope_inv_freq(config: TextConfig, device=None) -> torch.Tensor:
+    """The hd/2 rotary frequencies 1 / rope_theta^(2i / hd), fastest first. -> (hd/2,) float32"""
+    exponent = torch.arange(0, config.head_dim, 2, dtype=torch.int64, device=device).float()
+    return 1.0 / (config.rope_theta ** (exponent / config.head_dim))  # (hd/2,)
+
+
 def mrope_cos_sin(position_ids: torch.Tensor, config: TextConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin of the M-RoPE angles: position_ids (3, B, L) -> two tensors (B, L, head_dim).
 
@@ -35,8 +41,7 @@ def mrope_cos_sin(position_ids: torch.Tensor, config: TextConfig) -> tuple[torch
         raise ValueError(f"mrope_section {config.mrope_section} must sum to head_dim / 2 = {half}")
     if position_ids.ndim != 3 or position_ids.shape[0] != 3:
         raise ValueError(f"position_ids must be (3, B, L) (time, height, width), got {tuple(position_ids.shape)}")
-    exponent = torch.arange(0, config.head_dim, 2, dtype=torch.int64, device=position_ids.device).float()
-    inv_freq = 1.0 / (config.rope_theta ** (exponent / config.head_dim))  # (64,)
+    inv_freq = rope_inv_freq(config, position_ids.device)  # (64,)
     angles = position_ids[..., None].float() * inv_freq  # (3, B, L, 64): every axis at every frequency
     sections = angles.split(list(config.mrope_section), dim=-1)  # t: (3,B,L,16), h: (..,24), w: (..,24)
     angles = torch.cat([sec[axis] for axis, sec in enumerate(sections)], dim=-1)  # (B, L, 64)
@@ -98,7 +103,7 @@ def attention_mask_4d(attention_mask: torch.Tensor | None, past: int, length: in
 class Attention(nn.Module):
     """Causal grouped-query attention: H query heads share G key/value heads (3B: 16 over 2)."""
 
-    def __init__(self, config: TextConfig, layer_idx: int):
+    def __init__(self, config: TextConfig, layer_idx: int, qkv_bias: bool = True, o_bias: bool = False):
         super().__init__()
         D, hd = config.hidden_size, config.head_dim
         self.heads, self.kv_heads, self.head_dim = config.num_attention_heads, config.num_key_value_heads, hd
@@ -106,16 +111,21 @@ class Attention(nn.Module):
             raise ValueError(f"num_attention_heads {self.heads} must be a multiple of num_key_value_heads "
                              f"{self.kv_heads}")
         self.layer_idx = layer_idx  # where this layer's keys/values live in the KVCache
-        self.q_proj = nn.Linear(D, self.heads * hd, bias=True)
-        self.k_proj = nn.Linear(D, self.kv_heads * hd, bias=True)
-        self.v_proj = nn.Linear(D, self.kv_heads * hd, bias=True)
-        self.o_proj = nn.Linear(self.heads * hd, D, bias=False)
+        self.q_proj = nn.Linear(D, self.heads * hd, bias=qkv_bias)
+        self.k_proj = nn.Linear(D, self.kv_heads * hd, bias=qkv_bias)
+        self.v_proj = nn.Linear(D, self.kv_heads * hd, bias=qkv_bias)
+        self.o_proj = nn.Linear(self.heads * hd, D, bias=o_bias)
 
-    def forward(self, x, cos, sin, mask=None, cache: KVCache | None = None):
-        # x (B, L, D); cos, sin (B, L, hd); mask None or (B, 1, L, T) booleans
+    def qkv_heads(self, x):
+        """x (B, L, D) -> q (B, H, L, hd), k and v (B, G, L, hd), before rotary."""
         q = rearrange(self.q_proj(x), "b l (h d) -> b h l d", d=self.head_dim)  # (B, H, L, hd)
         k = rearrange(self.k_proj(x), "b l (g d) -> b g l d", d=self.head_dim)  # (B, G, L, hd)
         v = rearrange(self.v_proj(x), "b l (g d) -> b g l d", d=self.head_dim)  # (B, G, L, hd)
+        return q, k, v
+
+    def forward(self, x, cos, sin, mask=None, cache: KVCache | None = None):
+        # x (B, L, D); cos, sin (B, L, hd); mask None or (B, 1, L, T) booleans
+        q, k, v = self.qkv_heads(x)  # (B, H, L, hd), (B, G, L, hd) x 2
         cos, sin = rearrange(cos, "b l d -> b 1 l d"), rearrange(sin, "b l d -> b 1 l d")
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is not None:
@@ -138,10 +148,12 @@ class Attention(nn.Module):
 class DecoderLayer(nn.Module):
     """Pre-norm block: attention then SwiGLU MLP, each added to the residual stream."""
 
+    attention = Attention  # the attention class (a subclass may swap it: Qwen3-VL's normalises q and k)
+
     def __init__(self, config: TextConfig, layer_idx: int):
         super().__init__()
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.self_attn = Attention(config, layer_idx)
+        self.self_attn = self.attention(config, layer_idx)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = SwiGLU(config.hidden_size, config.intermediate_size, bias=False)
 
@@ -153,11 +165,13 @@ class DecoderLayer(nn.Module):
 class TextModel(nn.Module):
     """Embedding table, decoder layers, final norm. The head (logits) lives in `Qwen25VL`."""
 
+    layer = DecoderLayer  # the decoder layer class (a subclass may swap it)
+
     def __init__(self, config: TextConfig):
         super().__init__()
         self.config = config
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.layers = nn.ModuleList(self.layer(config, i) for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
     def new_cache(self) -> KVCache:

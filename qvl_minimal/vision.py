@@ -65,14 +65,14 @@ class PatchEmbed(nn.Module):
     without bias; we keep the Conv3d only so the weight has the checkpoint's name and shape.
     """
 
-    def __init__(self, config: VisionConfig):
+    def __init__(self, config: VisionConfig, bias: bool = False):  # Qwen3-VL's has a bias
         super().__init__()
         k = (config.temporal_patch_size, config.patch_size, config.patch_size)
-        self.proj = nn.Conv3d(config.in_chans, config.hidden_size, k, stride=k, bias=False)
+        self.proj = nn.Conv3d(config.in_chans, config.hidden_size, k, stride=k, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.proj.weight.flatten(1)  # (1280, 1176): (c, t, h, w) flattened, the row's own order
-        return F.linear(x.to(w.dtype), w)  # (N, 1280)
+        return F.linear(x.to(w.dtype), w, self.proj.bias)  # (N, 1280)
 
 
 def patch_positions(grid_thw, merge_size: int = 2) -> torch.Tensor:

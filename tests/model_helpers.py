@@ -52,12 +52,12 @@ def sample(cfg, *parts, seed=0) -> dict:
     return out
 
 
-def left_padded(*rows: dict) -> dict:
-    """Several one-row prompts -> one batch, left padded with PAD; visual inputs in row order."""
+def left_padded(*rows: dict, pad: int = PAD) -> dict:
+    """Several one-row prompts -> one batch, left padded with `pad`; visual inputs in row order."""
     length = max(r["input_ids"].shape[1] for r in rows)
     out = {
         "input_ids": torch.cat([torch.nn.functional.pad(r["input_ids"], (length - r["input_ids"].shape[1], 0),
-                                                        value=PAD) for r in rows]),
+                                                        value=pad) for r in rows]),
         "attention_mask": torch.cat([torch.nn.functional.pad(r["attention_mask"],
                                                              (length - r["input_ids"].shape[1], 0)) for r in rows]),
     }
