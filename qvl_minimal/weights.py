@@ -97,7 +97,14 @@ def load_pretrained(path=None, dtype: torch.dtype | str | None = None, device: s
     storage="bfloat16" keeps the matrices in bfloat16 and computes in float32 one module at a time
     (storage.py); None chooses it when float32 weights would not fit in the memory available (one line).
     generation_config.json is read into `model.generation_config` (the eos ids generate stops on).
+    A folder whose config.json says model_type "qwen3_vl" loads into qwen3vl.Qwen3VL (qwen3vl/weights.py).
     """
+    from .qwen3vl.weights import load_qwen3vl, model_type
+
+    if model_type(path) == "qwen3_vl":  # config.json's model_type picks the model (Qwen3VL: qwen3vl/weights.py)
+        if storage is not None:
+            raise ValueError("storage is not built for Qwen3-VL; load it with storage=None")
+        return load_qwen3vl(path, dtype=dtype, device=device, progress=progress, allow_float16=allow_float16)
     checked = check_checkpoint_folder(path, tokenizer=False)  # every file checked before a weight is read
     folder, config = checked.folder, checked.config
     dtype, why = choose_dtype(device, dtype)
