@@ -124,3 +124,19 @@ def test_the_proxy_changes_no_verdict(exercise_id, answer, tmp_path):
     direct = _verdict(exercise_id, answer)
     proxied = _verdict(exercise_id, remote_in({"answer": answer}, tmp_path).fetch("answer"))
     assert proxied == direct
+
+
+def test_the_answer_is_what_the_check_cell_names():
+    from qvl_minimal.labs.worker import answer_expression
+
+    assert answer_expression('%time\ncheck("04.1", window_index_mine)', "04.1") == "window_index_mine"
+    assert answer_expression('check("04.3", (a, b + 1))  # a quiz', "04.3") == "(a, b + 1)"
+    assert answer_expression('check("04.1", window_index_mine)', "04.2") is None  # another exercise's cell
+    assert answer_expression('print("PASS 04.1")', "04.1") is None  # no check: the grader fails it
+
+
+def test_an_exercise_the_grader_does_not_know_fails(tmp_path):
+    from qvl_minimal.labs.worker import FAIL, grade_check
+
+    status, message = grade_check(remote_in({"x": 1}, tmp_path), 'check("97.1", x)', "97.1", stub_raised=False)
+    assert status == FAIL and "no checker for 97.1" in message
