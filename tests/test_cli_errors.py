@@ -338,7 +338,8 @@ def test_more_than_the_memory_can_hold(checkpoint, photo, tmp_path, monkeypatch,
     monkeypatch.setattr(storage, "free_memory", lambda device="cpu": 10_000_000)  # 10 MB free
     big = tmp_path / "big.png"
     Image.new("RGB", (1008, 1008)).save(big)
-    assert_user_error(capsys, [big, "--checkpoint", checkpoint], "1,296 of them visual", "GB of activations", "0.0 GB of memory is free",
+    assert_user_error(capsys, [big, "--checkpoint", checkpoint], "1,296 of them visual", "GB of activations, estimated",
+                      "0.0 GB of memory is free",
                       "--max-pixels")
     monkeypatch.setattr(storage, "free_memory", lambda device="cpu": 1 << 40)
     with pytest.raises(AssertionError, match="the model was loaded"):  # the same image fits in 1 TB

@@ -57,6 +57,24 @@ def test_mapped_tensors_equal_read_ones_and_never_write_the_file(tmp_path):
     assert torch.equal(mapped_tensor(map_file(odd), entries["w"], start), torch.arange(4.0))
 
 
+def test_a_file_rewritten_in_place_changes_the_mapped_tensor_as_the_docstrings_say(tmp_path):
+    """MAP_PRIVATE is copy-on-write for our writes only: 8 bytes written over the file in place (not a new
+    file renamed over it) show up in a tensor already mapped, silently. The loader's docstrings say so."""
+    import qvl_minimal.safetensors_io as safetensors_io
+    import qvl_minimal.weights as weights
+
+    file = tmp_path / "m.safetensors"
+    save_file({"embed": torch.ones(4, 4)}, file)
+    entries, start = read_header(file)
+    tensor = mapped_tensor(map_file(file), entries["embed"], start)
+    with open(file, "r+b") as f:  # another program rewrites the first 8 bytes of the tensor
+        f.seek(start)
+        f.write(b"\0" * 8)
+    assert tensor[0, :2].tolist() == [0.0, 0.0] and tensor[0, 2:].tolist() == [1.0, 1.0]
+    for doc in (" ".join(weights.__doc__.lower().split()), " ".join(safetensors_io.__doc__.lower().split())):
+        assert "rewritten in place" in doc and "our writes" in doc
+
+
 def test_released_pages_read_back_and_spare_the_neighbours(tmp_path):
     """release_pages drops a converted tensor's pages; the map still reads the file's bytes afterwards,
     and a neighbour sharing a page at either end keeps its values (those pages are never dropped)."""
