@@ -105,32 +105,35 @@ def to_rgb(image) -> Image.Image:
                          "convert it yourself, e.g. image.convert('RGBA') first") from None
 
 
-def resize_normalize(image: Image.Image, height: int, width: int) -> torch.Tensor:
-    """RGB PIL image -> bicubic resize to (height, width) -> /255 -> CLIP normalise -> (3, h, w) float32."""
+def resize_normalize(image: Image.Image, height: int, width: int, mean=CLIP_MEAN, std=CLIP_STD) -> torch.Tensor:
+    """RGB PIL image -> bicubic resize to (height, width) -> /255 -> normalise (CLIP's mean and std by
+    default; Qwen3-VL uses 0.5 and 0.5) -> (3, h, w) float32."""
     pixels = np.array(image.resize((width, height), resample=Image.BICUBIC))  # (h, w, 3) uint8
     x = torch.from_numpy(pixels).float() / 255  # (h, w, 3) in [0, 1]; same bits as the reference's float64 route
-    x = (x - torch.tensor(CLIP_MEAN)) / torch.tensor(CLIP_STD)  # (h, w, 3) float32, per channel
+    x = (x - torch.tensor(mean)) / torch.tensor(std)  # (h, w, 3) float32, per channel
     return rearrange(x, "h w c -> c h w")  # (3, h, w)
 
 
-def patchify(frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def patchify(frames: torch.Tensor, patch: int = PATCH) -> tuple[torch.Tensor, torch.Tensor]:
     """(T, 3, H, W) normalised frames -> (pixel_values (gt*gh*gw, 1176), grid_thw (1, 3)).
 
     T is padded to a multiple of 2 by repeating the last frame. Rows are listed time step, then
     merge-unit row, merge-unit column, then the 2 x 2 patches inside a unit (row-major), so that
-    every 4 consecutive rows form one future token. Each row is a flattened (C, T, 14, 14) block.
+    every 4 consecutive rows form one future token. Each row is a flattened (C, T, 14, 14) block
+    (`patch` 16 for Qwen3-VL: rows of 3 * 2 * 16 * 16 = 1536).
     """
-    if frames.ndim != 4 or frames.shape[1] != 3 or frames.shape[2] % FACTOR or frames.shape[3] % FACTOR:
+    factor = patch * MERGE
+    if frames.ndim != 4 or frames.shape[1] != 3 or frames.shape[2] % factor or frames.shape[3] % factor:
         raise ValueError(f"frames of shape {tuple(frames.shape)}: expected (T, 3, H, W) with H and W multiples "
-                         f"of {FACTOR} (use smart_resize)")
+                         f"of {factor} (use smart_resize)")
     if frames.shape[0] % TEMPORAL:  # a still image: T = 1 -> 2 identical frames
         last = frames[-1:].expand(TEMPORAL - frames.shape[0] % TEMPORAL, -1, -1, -1)
         frames = torch.cat([frames, last])  # (T', 3, H, W), T' a multiple of 2
-    grid_thw = torch.tensor([[frames.shape[0] // TEMPORAL, frames.shape[2] // PATCH, frames.shape[3] // PATCH]])
+    grid_thw = torch.tensor([[frames.shape[0] // TEMPORAL, frames.shape[2] // patch, frames.shape[3] // patch]])
     pixel_values = rearrange(
         frames,  # (gt*2, 3, uh*2*14, uw*2*14): uh x uw merge units of 2 x 2 patches of 14 x 14 px
         "(gt t) c (uh mh ph) (uw mw pw) -> (gt uh uw mh mw) (c t ph pw)",
-        t=TEMPORAL, mh=MERGE, mw=MERGE, ph=PATCH, pw=PATCH,
+        t=TEMPORAL, mh=MERGE, mw=MERGE, ph=patch, pw=patch,
     )  # (gt*gh*gw, 1176)
     return pixel_values.contiguous(), grid_thw
 

@@ -198,3 +198,32 @@ def test_load_pretrained_names_a_tensor_of_the_wrong_shape(tmp_path):
     save_file(tensors, tmp_path / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(CheckpointError, match="missing"):
         load_pretrained(tmp_path, dtype="float32", progress=False)
+
+
+# ----------------------------------------------------------------------------- preprocessing
+@pytest.mark.parametrize("size", [(300, 400), (37, 1000), (256, 256), (90, 1500), (1100, 700)])
+def test_image_preprocessing_bit_identical_to_reference(size):
+    """Patch 16, merge 2, mean/std 0.5: the reference's Qwen2VLImageProcessor as Qwen3-VL configures it.
+    (1100, 700) with max_pixels 300000 takes smart_resize's shrinking branch, (37, 1000) its growing one."""
+    import numpy as np
+    from PIL import Image
+
+    from qvl_minimal.qwen3vl.preprocess import preprocess_image
+    from qvl_minimal.qwen3vl.reference import reference_image_processor
+
+    image = Image.fromarray(np.random.default_rng(sum(size)).integers(0, 256, (*size, 3), dtype=np.uint8))
+    limit = {"max_pixels": 300_000} if size == (1100, 700) else {}
+    pixels, grid = preprocess_image(image, **limit)
+    ref = reference_image_processor()(images=image, return_tensors="pt", **limit)
+    assert pixels.shape[1] == 3 * 2 * 16 * 16 and (grid[0, 1:] % 2 == 0).all()
+    assert torch.equal(grid, ref["image_grid_thw"]) and torch.equal(pixels, ref["pixel_values"])
+
+
+def test_preprocessing_constants_equal_the_reference_video_processor_defaults():
+    from qvl_minimal.qwen3vl.preprocess import MEAN, PATCH, STD
+    from qvl_minimal.qwen3vl.reference import reference_video_processor_defaults
+
+    ref = reference_video_processor_defaults()
+    assert (ref["patch_size"], ref["merge_size"], ref["temporal_patch_size"]) == (PATCH, 2, 2)
+    assert ref["image_mean"] == MEAN and ref["image_std"] == STD
+    assert CONFIGS["no_deepstack-mqa-tied"].vision_config.patch_dim == 3 * 2 * PATCH**2

@@ -47,3 +47,23 @@ def ours_sharing_weights(ref, config: Qwen3VLConfig):
         ours = Qwen3VL(config)
     ours.load_state_dict(reference_state_dict(ref, config), strict=True, assign=True)
     return ours.eval()
+
+
+def reference_image_processor():
+    """transformers' Qwen2VLImageProcessor set as Qwen3-VL's preprocessor_config.json sets it (see
+    qwen3vl/preprocess.py): patch 16, merge 2, mean and std 0.5, 65536..16777216 pixels."""
+    from .preprocess import MAX_PIXELS, MEAN, MIN_PIXELS, PATCH, STD
+
+    return _transformers().Qwen2VLImageProcessor(patch_size=PATCH, merge_size=2, temporal_patch_size=2,
+                                                 image_mean=list(MEAN), image_std=list(STD),
+                                                 min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS)
+
+
+def reference_video_processor_defaults() -> dict:
+    """The class defaults of transformers' Qwen3VLVideoProcessor (no instance: it needs torchvision)."""
+    _transformers()
+    from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor as P
+
+    return {"patch_size": P.patch_size, "merge_size": P.merge_size, "temporal_patch_size": P.temporal_patch_size,
+            "image_mean": tuple(P.image_mean), "image_std": tuple(P.image_std), "fps": P.fps,
+            "min_frames": P.min_frames, "max_frames": P.max_frames}
