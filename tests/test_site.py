@@ -147,3 +147,12 @@ def test_out_folder_must_be_new_empty_or_a_previous_site(tmp_path, capsys):
 def test_the_site_carries_its_marker(site):
     out, _ = site
     assert (out / SITE_MARKER).is_file()
+
+
+def test_one_list_of_notebooks_for_the_site_and_the_handouts(tmp_path):
+    from qvl_minimal.labs import handouts
+
+    assert handouts.chapter_notebooks is chapter_notebooks
+    for name in ("appendix.ipynb", "10_video.ipynb", "02_x.ipynb", ".~lock.02_x.ipynb", "._02_x.ipynb", "notes.md"):
+        (tmp_path / name).write_text("{}")
+    assert [p.name for p in chapter_notebooks(tmp_path)] == ["02_x.ipynb", "10_video.ipynb", "appendix.ipynb"]

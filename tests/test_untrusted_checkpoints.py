@@ -125,3 +125,33 @@ def test_float16_is_refused_with_the_reason(tmp_path):
     with pytest.warns(UserWarning, match="float16 was allowed"):
         model = load_pretrained(folder, dtype=torch.float16, progress=False, allow_float16=True)
     assert next(model.parameters()).dtype == torch.float16
+
+
+def test_loader_and_describe_share_one_validation_boundary(tmp_path, monkeypatch):
+    """load_pretrained and `describe` (cli_inputs.check_checkpoint) both run checkpoint_check's one
+    function; a quantised (integer) tensor, silently converted to float before, is refused by it."""
+    import qvl_minimal.checkpoint_check as checkpoint_check
+    import qvl_minimal.weights as weights
+    from qvl_minimal.cli_inputs import UserError, check_checkpoint
+
+    tensors = micro_tensors(tied=False)
+    tensors["model.norm.weight"] = tensors["model.norm.weight"].to(torch.int16)
+    folder = write_checkpoint(tmp_path / "q", tensors, tied=False)
+    message = "model.safetensors: tensor 'model.norm.weight' is stored as I16; this loader takes floating-point"
+    with pytest.raises(CheckpointError, match=message):
+        load_pretrained(folder, dtype=torch.float32, progress=False)
+    with pytest.raises(UserError, match=message):
+        check_checkpoint(str(folder))
+    calls = []
+
+    def spy(path=None, tokenizer=True):
+        calls.append(tokenizer)
+        raise CheckpointError("spied")
+
+    monkeypatch.setattr(checkpoint_check, "check_checkpoint_folder", spy)
+    monkeypatch.setattr(weights, "check_checkpoint_folder", spy)
+    with pytest.raises(CheckpointError, match="spied"):
+        load_pretrained(folder)
+    with pytest.raises(UserError, match="spied"):
+        check_checkpoint(str(folder))
+    assert calls == [False, True]  # the loader needs no tokenizer; describe checks it too
