@@ -176,8 +176,9 @@ def expected_shapes(config: Qwen25VLConfig) -> dict[str, tuple[int, ...]]:
 
 def check_checkpoint_folder(path=None, tokenizer: bool = True) -> CheckedFolder:
     """Check a checkpoint folder (see the module's docstring) -> CheckedFolder; nothing is loaded."""
-    folder = find_checkpoint(path)
+    folder = path or "the default place"
     try:
+        folder = find_checkpoint(path)
         try:
             config = Qwen25VLConfig.from_pretrained(folder)
             generation = GenerationConfig.from_pretrained(folder, config)
