@@ -102,15 +102,25 @@ def causal_lm_loss(model: Qwen25VL, batch: dict) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- the optimiser
 @torch.no_grad()
-def init_weights(model: torch.nn.Module, seed: int = 0, std: float = 0.02) -> torch.nn.Module:
-    """The reference's initialisation from a seed: matrices and embeddings ~ N(0, std), biases 0,
-    norm weights 1 (PyTorch's default N(0, 1) embedding would make the tied head's logits huge)."""
+def init_weights(model: torch.nn.Module, seed: int = 0, embed_std: float = 0.02) -> torch.nn.Module:
+    """Seeded initialisation for a narrow model: every matrix ~ N(0, 1 / fan_in) (fan_in: its input width;
+    a patch-embedding kernel counts all 3 x 2 x 14 x 14 inputs), the embedding table ~ N(0, embed_std),
+    biases 0, norm weights 1.
+
+    The reference draws every matrix from N(0, 0.02): about 1 / sqrt(2048), right for 3B's width. At width
+    128 it would be 4 times too small, every layer's output 4 times too weak, attention almost uniform, and
+    the model would sit for hundreds of steps predicting the answers' average (section 2.4 of chapter 14).
+    PyTorch's default N(0, 1) embedding would make the tied head's logits huge: 0.02 keeps them near 0.
+    """
     gen = torch.Generator().manual_seed(seed)
     for name, p in model.named_parameters():
         if p.ndim == 1:
             p.fill_(1.0 if name.endswith(("norm.weight", "layernorm.weight", "ln_q.weight")) else 0.0)
+        elif name.endswith("embed_tokens.weight"):
+            p.copy_(embed_std * torch.randn(p.shape, generator=gen))
         else:
-            p.copy_(std * torch.randn(p.shape, generator=gen))
+            fan_in = p[0].numel()  # (out, in) -> in; (out, c, t, h, w) -> c * t * h * w
+            p.copy_(torch.randn(p.shape, generator=gen) / fan_in**0.5)
     return model
 
 
