@@ -76,6 +76,8 @@ def vision_cost(config: Qwen25VLConfig | None = None, measured: dict | None = No
         ax.plot(measured["patches"], measured["predicted"], "o--", color="#999999",
                 label="predicted (FLOPs / matmul speed)")
         ax.plot(measured["patches"], measured["seconds"], "s-", color="#3b75af", label="measured")
+        ax.set_xscale("log")
+        ax.set_yscale("log")  # time proportional to FLOPs: two parallel lines
         ax.set_xlabel("patches N")
         ax.set_ylabel("seconds")
         ax.set_title(measured.get("title", "measured on this machine"))
