@@ -203,3 +203,23 @@ def test_load_refuses_what_it_cannot_read(tmp_path):
     save_peft_adapter(model, tmp_path / "b")
     with pytest.raises(ValueError, match="differ"):
         load_peft_adapter(other, tmp_path / "b")
+
+
+def test_an_irregular_choice_round_trips_through_peft_as_a_list_of_names(tmp_path):
+    import peft
+
+    ours, ref = load_pair(CFG)
+    chosen = ("model.layers.0.self_attn.q_proj", "visual.blocks.1.attn.qkv", "visual.merger.mlp.2")
+    randomize_adapters(add_lora(ours, targets=chosen, rank=2, alpha=4, scope=""))
+    folder = save_peft_adapter(ours, tmp_path / "mixed")
+    listed = json.loads((folder / "adapter_config.json").read_text())["target_modules"]
+    # no regex over layer numbers picks exactly these, so the names are listed (4.52+'s tree)
+    assert sorted(listed) == ["model.language_model.layers.0.self_attn.q_proj", "model.visual.blocks.1.attn.qkv",
+                              "model.visual.merger.mlp.2"]
+    batch = inputs()
+    wrapped = peft.PeftModel.from_pretrained(ref, folder).eval()
+    assert sorted(peft_state(wrapped)) == sorted(lora_state_dict(ours))
+    with torch.no_grad():
+        compare("irregular LoRA: ours vs peft(reference) logits", ours(**batch), wrapped(**batch).logits, tol=PEFT_TOL)
+    back = load_peft_adapter(fresh_model(), folder)  # and into ours again, from the names alone
+    assert list(lora_modules(back)) == list(lora_modules(ours))
