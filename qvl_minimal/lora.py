@@ -180,7 +180,8 @@ def unmerge_lora(model: nn.Module) -> nn.Module:
 def unload_lora(model: nn.Module, merge: bool = True) -> nn.Module:
     """Put the plain nn.Linears back (PEFT's merge_and_unload), merged first unless merge=False.
 
-    The model's names are then the checkpoint's again (no base_layer), ready for a hub-layout save.
+    The model's names are then the checkpoint's again (no base_layer), ready for a hub-layout save;
+    every parameter stays frozen (add_lora froze them).
     """
     for name, m in lora_modules(model).items():
         if merge:
