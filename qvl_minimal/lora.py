@@ -29,7 +29,7 @@ Names follow PEFT's layout, so that state dicts and adapter files line up with t
 
 The file names modules as transformers' Qwen2_5_VLForConditionalGeneration does (4.52+:
 model.language_model.*, model.visual.*), wrapped in PEFT's `base_model.model.`, without the adapter
-name; `weights.RENAMES_452` translates between that tree and ours (an adapter saved against the
+name; `checkpoint_check.RENAMES_452` translates between that tree and ours (an adapter saved against the
 older tree, model.layers.*, loads too).
 """
 
@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .weights import checkpoint_layout, RENAMES_452
+from .checkpoint_check import RENAMES_452, checkpoint_layout
 
 DECODER_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 LANGUAGE_MODEL = "model.layers."  # the decoder's layers: the default scope of add_lora
