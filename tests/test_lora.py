@@ -223,3 +223,20 @@ def test_an_irregular_choice_round_trips_through_peft_as_a_list_of_names(tmp_pat
         compare("irregular LoRA: ours vs peft(reference) logits", ours(**batch), wrapped(**batch).logits, tol=PEFT_TOL)
     back = load_peft_adapter(fresh_model(), folder)  # and into ours again, from the names alone
     assert list(lora_modules(back)) == list(lora_modules(ours))
+
+
+def test_lora_on_bfloat16_storage_runs_but_refuses_to_merge():
+    from qvl_minimal.storage import store_in_bfloat16
+
+    model = randomize_adapters(add_lora(store_in_bfloat16(fresh_model()), rank=4, alpha=8))
+    batch = inputs()
+    with torch.no_grad():
+        stored = model(**batch)
+    reference = randomize_adapters(add_lora(fresh_model(), rank=4, alpha=8))
+    with torch.no_grad():  # the same model with its matrices rounded to bfloat16, computed in float32
+        for name, p in reference.named_parameters():
+            if p.ndim >= 2 and ".lora_" not in name and not name.startswith("visual.patch_embed."):
+                p.copy_(p.bfloat16().float())
+        compare("LoRA on bfloat16 storage vs float32 on rounded weights", stored, reference(**batch), tol=1e-5)
+    with pytest.raises(ValueError, match="storage=None"):
+        merge_lora(model)
