@@ -42,7 +42,8 @@ What our decoder saves for backward, per token (D width, I MLP width, H heads of
     attention       q, k, v (keys and values repeated to H heads) and the output: 4 H*hd*a;
                     log-sum-exp of each softmax row 4H (float32)
     MLP             gate, silu(gate), up: 3 I*a; their product (down_proj's input) I*a if down trains
-    LoRA            A x, r*a per adapted Linear (B's gradient needs it)
+    LoRA            A x, r*a per adapted Linear (B's gradient needs it); in bfloat16 also the
+                    adapters' bfloat16 copies (their float32 originals cast once per step)
     once            token ids 8, cos and sin 2*hd*a; the final norm; log-probabilities vocab*4 per
                     scored token (float32, as the reference computes its loss)
 
@@ -62,7 +63,7 @@ from .config import Qwen25VLConfig
 from .lora import DECODER_TARGETS
 from .params import BYTES_PER_PARAMETER, count_parameters
 
-GB = 10**9  # a "16 GB" laptop: 16 x 10^9 bytes (the marketing gigabyte); GiB where stated
+GB = 10**9  # a "16 GB" laptop: 16 x 10^9 bytes (the marketing gigabyte)
 ATTENTION_INPUTS, MLP_INPUTS = ("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj")
 
 
