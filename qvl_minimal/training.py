@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -251,7 +251,3 @@ def train(model, tokenizer, settings: TrainSettings, progress: bool = True, make
             bar.set_postfix(loss=f"{loss:.3f}", **{k: f"{v:.2f}" for k, v in accuracy.items()})
     model.eval()
     return history
-
-
-def settings_dict(settings: TrainSettings) -> dict:
-    return asdict(settings)
