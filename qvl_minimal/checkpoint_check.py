@@ -151,7 +151,6 @@ def no_random_init():
             setattr(torch.nn.init, n, fn)
 
 
-
 @dataclass
 class CheckedFolder:
     """A checkpoint folder that passed every check, with what was read on the way."""
@@ -179,27 +178,19 @@ def check_checkpoint_folder(path=None, tokenizer: bool = True) -> CheckedFolder:
     folder = path or "the default place"
     try:
         folder = find_checkpoint(path)
-        try:
-            config = Qwen25VLConfig.from_pretrained(folder)
-            generation = GenerationConfig.from_pretrained(folder, config)
-        except CheckpointError:
-            raise
-        except ValueError as e:  # the message names the file
-            raise CheckpointError(str(e)) from None
+        config = Qwen25VLConfig.from_pretrained(folder)
+        generation = GenerationConfig.from_pretrained(folder, config)
         listed = shard_files(folder)
         headers = {file: read_header(file) for file in listed}
         checked = _check_tensors(folder, config, generation, listed, headers)
         if tokenizer:
             from .tokenizer_files import load_tokenizer  # it finds snapshots with this module's hub_snapshot
 
-            try:
-                checked.tokenizer = load_tokenizer(folder)
-            except FileNotFoundError:
-                raise
-            except ValueError as e:
-                raise CheckpointError(str(e)) from None
+            checked.tokenizer = load_tokenizer(folder)
     except (FileNotFoundError, CheckpointError):
         raise
+    except ValueError as e:  # config.json, generation_config.json, a tokenizer file: the message names it
+        raise CheckpointError(str(e)) from None
     except OSError as e:  # a file we may not read, a folder where a file should be, a disk error
         raise CheckpointError(f"{folder}: cannot read {Path(e.filename or '?').name} ({e.strerror or e}); "
                               "check the file's permissions, or download it again") from None
