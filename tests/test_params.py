@@ -10,11 +10,12 @@ from qvl_minimal.params import parameter_bytes, vision_flops
 from qvl_minimal.vision import VisionTransformer
 from qvl_minimal.reference import build_reference, to_checkpoint_keys
 
-# Published sizes of the released checkpoints (the sums of their safetensors headers), not our own output.
+# Published sizes of the released checkpoints (the sums of their safetensors headers, as the author read
+# them on the hub), not our own output. The 72B is left out: its vision intermediate_size (3420 assumed, the
+# technical report's table says 3456) cannot be checked offline, and its count would only repeat our formula.
 PUBLISHED = {  # name: (total, vision tower + merger)
     "3b": (3_754_622_976, 668_684_288),
     "7b": (8_292_166_656, 676_550_144),
-    "72b": (73_406_351_360, 700_147_712),
 }
 PUBLISHED_3B = {
     "patch_embed": 1_505_280, "vision_block": 19_702_200, "vision_blocks": 630_470_400, "merger": 36_708_608,
@@ -51,7 +52,7 @@ def test_formula_equals_reference_when_tiny_is_tied():
     assert counts["lm_head"] == 0 and counts == reference_counts(config)
 
 
-@pytest.mark.parametrize("name", ["3b", "7b", "72b"])
+@pytest.mark.parametrize("name", ["3b", "7b"])
 def test_totals_equal_published_sizes(name):
     counts = qvl.count_parameters(qvl.Qwen25VLConfig.preset(name))
     assert (counts["total"], counts["vision"]) == PUBLISHED[name]
