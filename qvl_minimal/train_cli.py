@@ -96,6 +96,7 @@ def run(args) -> int:
     import torch
 
     from .model import Qwen25VL
+    from .shapes import QUESTION_KINDS
     from .tokenizer_files import load_tokenizer
     from .training import TRAIN_CONFIG, init_weights, train
 
@@ -113,7 +114,7 @@ def run(args) -> int:
     write_checkpoint(model, out, {"settings": asdict(settings), "seconds": seconds,
                                   "threads": torch.get_num_threads(), "history": history})
     last = history[-1]
-    scores = " ".join(f"{k}={last[k]:.0%}" for k in ("colour", "count", "box"))
+    scores = " ".join(f"{k}={last[k]:.0%}" for k in QUESTION_KINDS if k in last)
     print(f"trained {settings.steps} steps in {seconds / 60:.1f} min on {torch.get_num_threads()} threads; "
           f"held-out accuracy {scores} ({settings.eval_per_kind} questions each); wrote {out}", file=sys.stderr)
     return 0

@@ -144,3 +144,59 @@ def test_short_run_beats_a_guess(tok):
     assert history[-1]["loss"] < history[0]["loss"] or len(history) == 1
     assert history[-1]["colour"] >= 1 / 3 + 0.15, history
     assert evaluate(model, tok, colour_held_out) == {"colour": history[-1]["colour"]}  # evaluation is repeatable
+
+
+# ----------------------------------------------------------------------------- the train command
+def test_train_command_writes_a_checkpoint_that_loads_and_describes(tmp_path, monkeypatch, capsys):
+    import json
+
+    from qvl_minimal import training
+    from qvl_minimal.__main__ import main
+
+    monkeypatch.setattr(training, "held_out_set", lambda per_kind: held_out(3))  # keep the test's evaluation short
+    out = tmp_path / "shapes-model"
+    assert main(["train", "--out", str(out), "--steps", "2", "--eval-every", "1", "--seed", "3"]) == 0
+    assert {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "chat_template.json",
+            "training.json"} <= {p.name for p in out.iterdir()}
+    record = json.loads((out / "training.json").read_text())
+    assert [row["step"] for row in record["history"]] == [1, 2] and record["settings"]["seed"] == 3
+    model = qvl.load_pretrained(out, dtype=torch.float32, progress=False)
+    assert model.config == training.TRAIN_CONFIG and model.generation_config.eos_token_id == (151645, 151643)
+    assert not hasattr(model, "lm_head")  # tied, as 3B
+    picture = make_example("heldout", 0, 5)
+    Image.fromarray(picture.image).save(tmp_path / "shapes.png")
+    capsys.readouterr()
+    assert main(["describe", str(tmp_path / "shapes.png"), "--question", picture.question, "--checkpoint", str(out),
+                 "--dtype", "float32", "--max-new-tokens", "3"]) == 0
+    assert capsys.readouterr().out.strip()  # an answer was streamed
+
+
+def _exit_code(argv) -> int:
+    from qvl_minimal.__main__ import main
+
+    try:
+        return main(argv)
+    except SystemExit as stop:  # argparse's own errors exit
+        return stop.code
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--steps", "0"], "--steps must be at least 1"),
+    (["--steps", "x"], "invalid int value"),
+    (["--eval-every", "0"], "--eval-every must be at least 1"),
+    (["--seed", "-1"], "--seed must be a non-negative"),
+    (None, "--out"),  # --out is required
+])
+def test_train_command_bad_options(tmp_path, capsys, args, says):
+    argv = ["train"] if args is None else ["train", "--out", str(tmp_path / "new"), *args]
+    assert _exit_code(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and says in err[0]
+    assert not (tmp_path / "new").exists()  # nothing written
+
+
+def test_train_command_refuses_a_folder_in_use(tmp_path, capsys):
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "notes.txt").write_text("mine")
+    assert _exit_code(["train", "--out", str(tmp_path / "used")]) == 2
+    assert "not empty" in capsys.readouterr().err
