@@ -107,7 +107,7 @@ def test_logits_match_reference(pair, case):
     compare(f"logits {case}", logits[real], ref_logits[real], TOL)
 
 
-@pytest.mark.parametrize("case", ["one_image", "video_with_timestamps", "left_padded_batch"])
+@pytest.mark.parametrize("case", ["video_with_timestamps", "left_padded_batch"])
 @torch.no_grad()
 def test_greedy_tokens_match_reference(pair, case):
     cfg, ours, ref = pair
