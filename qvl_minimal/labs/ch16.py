@@ -59,7 +59,8 @@ QUIZ_GRID, QUIZ_TIMESTAMP = (4, 8, 8), 3  # 4 time steps of 4 x 4 tokens; "<0.5 
 def quiz_prompt() -> torch.Tensor:
     """5 text tokens, the video (per step: timestamp, <|vision_start|>, pads, <|vision_end|>), 2 text tokens."""
     c, (t, h, w) = QUIZ_CONFIG, QUIZ_GRID
-    step = [7] * QUIZ_TIMESTAMP + [c.vision_start_token_id] + [c.video_token_id] * (h * w // 4) + [c.vision_end_token_id]
+    step = ([7] * QUIZ_TIMESTAMP + [c.vision_start_token_id]
+            + [c.video_token_id] * (h * w // 4) + [c.vision_end_token_id])
     return torch.tensor([[7] * 5 + step * t + [7] * 2])
 
 
