@@ -3,6 +3,8 @@ our adapter loads into peft on the reference model with the same logits, and pef
 
 import json
 import math
+import os
+import sys
 
 import pytest
 import torch
@@ -12,7 +14,8 @@ from qvl_minimal.lora import (DECODER_TARGETS, LoRALinear, add_lora, load_peft_a
                               lora_parameters, lora_state_dict, merge_lora, save_peft_adapter, unload_lora,
                               unmerge_lora)
 from qvl_minimal.reference import compare
-from tests.model_helpers import load_pair, sample
+sys.path.insert(0, os.path.dirname(__file__))
+from model_helpers import load_pair, sample  # noqa: E402
 
 CFG = qvl.Qwen25VLConfig.preset("tiny")
 MERGE_TOL = 1e-6  # merged vs unmerged logits: the same sums in another order, float32 rounding only

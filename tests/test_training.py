@@ -1,5 +1,8 @@
 """Chapter 14: the task's generator, the label mask, loss and gradients against the reference, training."""
 
+import os
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -9,9 +12,10 @@ import qvl_minimal as qvl
 from qvl_minimal.reference import build_reference, compare, reference_processor, reference_state_dict
 from qvl_minimal.shapes import COLOURS, SIZE, _apart, held_out, make_example, shape_mask
 from qvl_minimal.tokenizer import QWEN25VL_CHAT_TEMPLATE, chat_messages
-from qvl_minimal.training import (IGNORE, causal_lm_loss, collate, encode_example, evaluate, iou,
+from qvl_minimal.training import (IGNORE, causal_lm_loss, collate, encode_example, iou,
                                   is_correct, parse_box)
-from tests.model_helpers import PAD, left_padded, sample
+sys.path.insert(0, os.path.dirname(__file__))
+from model_helpers import PAD, left_padded, sample  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -126,24 +130,6 @@ def test_loss_refuses_a_batch_without_labels(tok):
     batch["labels"][:] = IGNORE
     with pytest.raises(ValueError, match="no labelled token"):
         causal_lm_loss(qvl.Qwen25VL(qvl.Qwen25VLConfig.preset("tiny")), batch)
-
-
-# ----------------------------------------------------------------------------- a short run
-def test_short_run_beats_a_guess(tok):
-    """Chapter 14's short run: 300 steps on colour and count; held-out colour must beat 1/3 by 15 points
-    on 60 questions (a guess does that with probability about 1e-3)."""
-    import functools
-
-    from qvl_minimal.training import TRAIN_CONFIG, TrainSettings, init_weights, train
-
-    easy = ("colour", "count")
-    model = init_weights(qvl.Qwen25VL(TRAIN_CONFIG), seed=0)
-    colour_held_out = held_out(60, kinds=("colour",))
-    history = train(model, tok, TrainSettings(steps=300, warmup=20, eval_every=300), progress=False,
-                    make=functools.partial(make_example, kinds=easy), evaluation=colour_held_out)
-    assert history[-1]["loss"] < history[0]["loss"] or len(history) == 1
-    assert history[-1]["colour"] >= 1 / 3 + 0.15, history
-    assert evaluate(model, tok, colour_held_out) == {"colour": history[-1]["colour"]}  # evaluation is repeatable
 
 
 # ----------------------------------------------------------------------------- the train command
