@@ -670,5 +670,5 @@ code(r"""print(f"time={time.perf_counter() - start:.1f}s (whole chapter)")""")
 nb = new_notebook(cells=cells)
 nb.metadata = {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
                "language_info": {"name": "python"}}
-nbformat.write(nb, "/work/main/chapters/14_training.ipynb")
+nbformat.write(nb, "chapters/14_training.ipynb")  # run from the repository root
 print("wrote", len(cells), "cells")
