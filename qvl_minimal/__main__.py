@@ -22,7 +22,7 @@ COMMANDS = {  # name -> (module, one line of help)
     "handouts": ("qvl_minimal.labs.handouts", "write the student version of every chapter with exercises"),
     "grade": ("qvl_minimal.labs.grade", "run student notebooks and tabulate their checks (pass / fail / not attempted)"),
     "bench": ("qvl_minimal.bench", "time our model against the reference and this machine's ceilings (--quick, --full)"),
-    "train": ("qvl_minimal.train_cli", "train chapter 14's small model on the shapes task and write a checkpoint folder"),
+    "train": ("qvl_minimal.train_cli", "train a small model on the shapes task and write a checkpoint folder"),
 }
 
 

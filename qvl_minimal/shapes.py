@@ -1,4 +1,5 @@
-"""Chapter 14's task: seeded pictures of coloured shapes, and three questions about each.
+"""The training task: seeded pictures of coloured shapes, and three questions about each
+(its chapter is a draft, drafts/14_training.ipynb).
 
     draw_scene(rng)           -> Scene: 1 to 3 shapes on a white 112 x 112 RGB image
     make_example(split, seed, index) -> Example(image (112, 112, 3) uint8, question, answer, kind)

@@ -1,6 +1,6 @@
-"""`python -m qvl_minimal train --out DIR`: train chapter 14's small Qwen2.5-VL on the shapes task.
+"""`python -m qvl_minimal train --out DIR`: train a small Qwen2.5-VL on the shapes task.
 
-    train --out shapes-model                 the default run (about 10 minutes on 2 CPU cores)
+    train --out shapes-model                 the default run (not yet timed to the end)
     train --out quick --steps 200 --seed 1   a short run with another seed
 
 The run: check the options -> build TRAIN_CONFIG's model, seeded -> train (training.train: a progress

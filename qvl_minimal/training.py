@@ -33,8 +33,9 @@ from .tokenizer import DEFAULT_SYSTEM, encode_chat
 
 IGNORE = -100  # the label of a position that is not scored (cross_entropy's ignore_index)
 
-# The model chapter 14 trains (how it was chosen: the chapter's section 3). The real tokenizer and
-# its ids stay, so the vocabulary keeps 3B's 151,936 rows, tied to the head as in 3B.
+# The model the training chapter trains (a draft, drafts/14_training.ipynb; how it was chosen: its
+# section 3). The real tokenizer and its ids stay, so the vocabulary keeps 3B's 151,936 rows, tied to
+# the head as in 3B.
 TRAIN_CONFIG = Qwen25VLConfig.preset("3b").replace(
     vision_config={"depth": 2, "hidden_size": 128, "intermediate_size": 256, "num_heads": 4,
                    "out_hidden_size": 128, "fullatt_block_indexes": (1,)},
@@ -109,7 +110,8 @@ def init_weights(model: torch.nn.Module, seed: int = 0, embed_std: float = 0.02)
 
     The reference draws every matrix from N(0, 0.02): about 1 / sqrt(2048), right for 3B's width. At width
     128 it would be 4 times too small, every layer's output 4 times too weak, attention almost uniform, and
-    the model would sit for hundreds of steps predicting the answers' average (section 2.4 of chapter 14).
+    the model would sit for hundreds of steps predicting the answers' average (section 2.4 of the
+    training chapter's draft).
     PyTorch's default N(0, 1) embedding would make the tied head's logits huge: 0.02 keeps them near 0.
     """
     gen = torch.Generator().manual_seed(seed)
