@@ -124,18 +124,3 @@ def render_chat_template(template: str, messages: list[dict], add_generation_pro
     env.globals["raise_exception"] = raise_exception
     return env.from_string(template).render(messages=messages, add_generation_prompt=add_generation_prompt,
                                             **kwargs)
-
-
-def render_chat_template(template: str, messages: list[dict], add_generation_prompt: bool = True,
-                         **kwargs) -> str:
-    """Render a jinja chat template the way transformers does (sandboxed, trim/lstrip blocks)."""
-    from jinja2.sandbox import ImmutableSandboxedEnvironment  # only this function needs jinja2
-
-    def raise_exception(message):
-        raise ValueError(f"chat template: {message}")
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-    env.filters["tojson"] = lambda x, indent=None: json.dumps(x, ensure_ascii=False, indent=indent)
-    env.globals["raise_exception"] = raise_exception
-    return env.from_string(template).render(messages=messages, add_generation_prompt=add_generation_prompt,
-                                            **kwargs)
