@@ -199,13 +199,24 @@ def check_checkpoint_folder(path=None, tokenizer: bool = True) -> CheckedFolder:
 
 def _check_tensors(folder: Path, config, generation, listed: dict, headers: dict) -> CheckedFolder:
     """The stored tensors against the model the config describes (names, shapes, dtypes, once each)."""
+    layout, rename = checkpoint_layout([n for entries, _ in headers.values() for n in entries], folder.name)
+    checked = CheckedFolder(folder, config, generation, headers, layout, rename)
+    checked.stored_head = check_stored_tensors(folder, headers, listed, expected_shapes(config),
+                                               config.text_config.tie_word_embeddings, rename)
+    return checked
+
+
+def check_stored_tensors(folder: Path, headers: dict, listed: dict, expected: dict, tied: bool,
+                         rename=lambda name: name) -> tuple | None:
+    """Every stored tensor against `expected` ({our name: shape}): in the shard the index names, stored
+    once, floating point, part of the model, of its shape; and none missing. Shared by the Qwen2.5-VL and
+    the Qwen3-VL loaders. -> a tied checkpoint's stored lm_head (file, entry, data_start), or None: its
+    values are compared with the embedding table by the loader."""
     for file, (entries, _) in headers.items():
         if listed[file] is not None and (absent := sorted(set(listed[file]) - entries.keys())):
             raise CheckpointError(f"{file.name}: the index lists {absent[:3]} here, but the file does not hold them")
-    layout, rename = checkpoint_layout([n for entries, _ in headers.values() for n in entries], folder.name)
-    expected, tied = expected_shapes(config), config.text_config.tie_word_embeddings
-    checked = CheckedFolder(folder, config, generation, headers, layout, rename)
     seen: dict[str, Path] = {}
+    stored_head = None
     for file, (entries, data_start) in headers.items():
         for stored, entry in entries.items():
             name = rename(stored)
@@ -216,13 +227,14 @@ def _check_tensors(folder: Path, config, generation, listed: dict, headers: dict
                 raise CheckpointError(f"{file.name}: tensor {stored!r} is stored as {entry[0]}; this loader takes "
                                       f"floating-point weights ({', '.join(FLOAT_DTYPES)}), not quantised ones")
             if tied and name == "lm_head.weight":
-                checked.stored_head = (file, entry, data_start)  # its values are compared by the loader
+                stored_head = (file, entry, data_start)
                 continue
             if name not in expected:
                 raise CheckpointError(f"{file.name}: unexpected tensor {stored!r} (not part of this model)")
-            if entry[1] != expected[name]:
-                raise CheckpointError(f"{file.name}: tensor {stored!r} has shape {entry[1]}, the config says "
-                                      f"{expected[name]}; the config.json and the weights belong to different models")
+            if tuple(entry[1]) != tuple(expected[name]):
+                raise CheckpointError(f"{file.name}: tensor {stored!r} has shape {tuple(entry[1])}, the config says "
+                                      f"{tuple(expected[name])}; the config.json and the weights belong to "
+                                      "different models")
     if missing := sorted(expected.keys() - seen.keys()):
         raise CheckpointError(f"{folder.name}: {len(missing)} tensors missing from the checkpoint, e.g. {missing[:3]}")
-    return checked
+    return stored_head

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint_check import FLOAT_DTYPES, find_checkpoint, no_random_init, shard_files
+from ..checkpoint_check import check_stored_tensors, find_checkpoint, no_random_init, shard_files
 from ..config import GenerationConfig, read_json_object
 from ..dtypes import choose_dtype
 from ..safetensors_io import CheckpointError, map_file, mapped_tensor, read_header, release_pages
@@ -32,32 +32,11 @@ def model_type(path) -> str | None:
 
 
 def _checked_entries(folder: Path, expected: dict, tied: bool) -> tuple[dict, tuple | None]:
-    """{file: (entries, data_start)} of every shard, each name and shape checked; and a tied checkpoint's
-    stored lm_head (file, entry, data_start), if any, for the loader to compare with the embedding."""
-    headers, seen, stored_head = {}, {}, None
-    for file, listed in shard_files(folder).items():
-        entries, data_start = headers[file] = read_header(file)
-        if listed is not None and (absent := sorted(set(listed) - entries.keys())):
-            raise CheckpointError(f"{file.name}: the index lists {absent[:3]} here, but the file does not hold them")
-        for name, entry in entries.items():
-            if name in seen:
-                raise CheckpointError(f"{file.name}: tensor {name!r} is stored a second time (also in {seen[name].name})")
-            seen[name] = file
-            if entry[0] not in FLOAT_DTYPES:
-                raise CheckpointError(f"{file.name}: tensor {name!r} is stored as {entry[0]}; this loader takes "
-                                      f"floating-point weights ({', '.join(FLOAT_DTYPES)})")
-            if tied and name == "lm_head.weight":
-                stored_head = (file, entry, data_start)
-                continue
-            if name not in expected:
-                raise CheckpointError(f"{file.name}: unexpected tensor {name!r} (not part of Qwen3-VL as its "
-                                      "config.json describes it)")
-            if tuple(entry[1]) != expected[name]:
-                raise CheckpointError(f"{file.name}: tensor {name!r} has shape {tuple(entry[1])}, the config says "
-                                      f"{expected[name]}; config.json and the weights belong to different models")
-    if missing := sorted(expected.keys() - seen.keys()):
-        raise CheckpointError(f"{folder.name}: {len(missing)} tensors missing from the checkpoint, e.g. {missing[:3]}")
-    return headers, stored_head
+    """{file: (entries, data_start)} of every shard, every tensor checked (checkpoint_check's one rule;
+    the names are our module tree as they are); and a tied checkpoint's stored lm_head, if any."""
+    listed = shard_files(folder)
+    headers = {file: read_header(file) for file in listed}
+    return headers, check_stored_tensors(folder, headers, listed, expected, tied)
 
 
 @torch.no_grad()
