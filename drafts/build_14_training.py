@@ -58,16 +58,17 @@ import torch
 from IPython.display import display
 
 import qvl_minimal as qvl
-from qvl_minimal.figures.training import learning_curve, shape_examples
+from qvl_minimal.figures.training import learning_curve, recorded_learning_curve, shape_examples
 from qvl_minimal.finetune_costs import GB, finetune_memory, laptop_table, measure_saved_bytes
 from qvl_minimal.labs import check
 from qvl_minimal.lora import add_lora, lora_parameters, merge_lora, unmerge_lora
 from qvl_minimal.params import count_parameters
 from qvl_minimal.reference import build_reference, compare, reference_state_dict
 from qvl_minimal.shapes import COLOURS, KINDS, held_out, make_example
+from qvl_minimal.shortlist import Shortlist
 from qvl_minimal.train_cli import write_checkpoint
 from qvl_minimal.training import (IGNORE, TRAIN_CONFIG, TrainSettings, causal_lm_loss, collate,
-                                  encode_example, evaluate, init_weights, lr_at, train)
+                                  encode_example, evaluate, init_weights, lr_at, task_vocabulary, train)
 
 torch.manual_seed(0)
 start = time.perf_counter()
@@ -208,10 +209,9 @@ The model keeps everything that makes it Qwen2.5-VL and shrinks the widths. How 
 - **The vocabulary stays.** The tokenizer must stay the real one, so that `describe` and the chat format
   work unchanged, and its ids are fixed: `<|image_pad|>` is row 151655. So the table keeps 3B's 151,936
   rows. Like 3B, the head is **tied** to the embedding table (one table, not two).
-- **The widths follow from the table.** At width D the table holds 151,936 x D numbers, and the head costs
-  2 x D x 151,936 floating-point operations per **scored** token, more than twenty times the whole decoder's cost per token at D =
-  128. A narrow D keeps both down; 128 is the narrowest at which 4 heads of 32 channels still split
-  M-RoPE's 16 frequency pairs into time, height and width (4, 6, 6).
+- **Width 128.** The narrowest at which 4 heads of 32 channels still split M-RoPE's 16 frequency pairs into
+  time, height and width (4, 6, 6). Doubling every width made a step three times slower on the machine of
+  appendix A.9, for a model this task does not need.
 - **The picture is small.** 112 x 112 px is 8 x 8 patches, one attention window, 16 visual tokens; two vision
   blocks of width 128 (the second with full attention, as the real tower's every eighth) are enough to see
   three flat colours.
@@ -242,13 +242,65 @@ print(f"forward multiply-adds x2 per scored token: head {head / 1e6:.1f} M, deco
 """)
 
 md(r"""
-Nine parameters in ten are the embedding table. Most of them barely move: a row is trained only when its
-token appears, and the head's softmax pushes every other row down a little. This is why small models with
-a large vocabulary tie the head: an untied head would double the largest part for nothing here.
+Nine parameters in ten are the embedding table, and per scored token the head costs more than twenty times
+the whole decoder. A batch of 16 examples scores about 250 tokens (a box answer alone is 32), so every step
+multiplies 250 x 128 by 128 x 151,936 three times (the logits, then the two gradients), takes a softmax
+over 38 million numbers, and updates 19.4 million embedding numbers with AdamW. Most of that work is for
+tokens the task never uses.
+
+### 2.5 The shortlist: the task's 59 rows, the loss over all 151,936
+
+The shapes task reads and writes only a few dozen distinct tokens: the chat frame, the questions, colour
+words, digits and the JSON of a box. `training.task_vocabulary` lists them by encoding every question and
+every possible answer (every coordinate 0 to 112). Call that list the **shortlist** (候选词表), K tokens
+long, and make every other row of the table **exactly zero** (`init_weights(..., vocabulary=...)`). A zero
+row gives the logit `h . 0 = 0` for every hidden state `h`, so the softmax's normaliser is
+
+    Z = sum over the K shortlisted tokens of exp(logit) + (V - K) * exp(0)
+
+and the full-vocabulary cross-entropy needs only the K logits plus **one constant column**, `ln(V - K)`, that
+stands for the V - K zeros together. `qvl_minimal/shortlist.py` builds it: `Shortlist(model, ids)` holds the
+K rows as a trainable `(K, D)` parameter, swaps itself in for `embed_tokens` during the training forward,
+and computes the loss from K + 1 columns. Only those K rows are trained; the others stay zero, the way a
+frozen base stays unchanged under LoRA (section 2.9). That is a choice of what to train, not a free lunch:
+the other rows' gradient is not zero (the softmax pushes every wrong logit down), and a word outside the
+shortlist reaches the trained model as a zero vector. Section 2.9 needs the word *yellow* later, so the
+chapter's shortlist includes it from the start (59 tokens; the `train` command's has 57).
+
+**Predict, then run.** The shortlisted loss and the loss over all 151,936 columns are computed below on the
+same batch. How far apart will they be? And how much faster is one forward + backward with K + 1 columns?
+""")
+
+code(r"""
+FOUR = {**COLOURS, "yellow": (230, 190, 30)}                 # the colour section 2.9 teaches with LoRA
+vocabulary = task_vocabulary(tok, FOUR)
+print(f"shortlist: {len(vocabulary)} of {TRAIN_CONFIG.text_config.vocab_size:,d} tokens:",
+      " ".join(tok.decode([i]).replace("\n", "\\n") for i in vocabulary[:24]), "...")
+model = init_weights(qvl.Qwen25VL(TRAIN_CONFIG), seed=0, vocabulary=vocabulary)
+shortlist = Shortlist(model, vocabulary)
+batch16 = collate([make_example("train", 0, i) for i in range(16)], tok)
+seconds = {}
+for name, loss_of in (("all 151,936 columns", causal_lm_loss), ("shortlist, K + 1 columns", shortlist.loss)):
+    model.model.embed_tokens.weight.requires_grad_(name.startswith("all"))
+    begin = time.perf_counter()
+    loss = loss_of(model, batch16)
+    loss.backward()
+    seconds[name] = time.perf_counter() - begin
+    print(f"{name:26s} loss {loss.item():.4f}  forward+backward time={seconds[name]:.2f} s")
+model.model.embed_tokens.weight.requires_grad_(False)
+compare("shortlisted vs full loss", shortlist.loss(model, batch16), causal_lm_loss(model, batch16), 1e-5)
+print(f"forward+backward: speedup={seconds['all 151,936 columns'] / seconds['shortlist, K + 1 columns']:.1f}x")
 """)
 
 md(r"""
-### 2.5 The loop
+The two losses agree to float32 rounding (the sum of 151,936 exponentials rounds differently from the sum of
+K + 1; tolerance rel < 1e-5), and section 3 shows that every gradient agrees with the reference's too. The
+speed-up is your machine's; on the machine of appendix A.9 a whole training step (with AdamW, which no longer
+touches 19.4 million embedding numbers) went from 0.6 s to 0.08 s.
+""")
+
+md(r"""
+### 2.6 The loop
 
 One step (`training.train_step`):
 
@@ -268,7 +320,7 @@ code(r"""
 settings = TrainSettings()
 print(f"default train: {settings.steps} steps of {settings.batch_size} examples, peak lr {settings.lr:g}, "
       f"warm-up {settings.warmup} steps, clip {settings.clip:g}, weight decay {settings.weight_decay:g}")
-for step in (0, 49, 99, 400, 800, 1200, 1499):
+for step in (0, 49, 99, 1000, 2500, 4000, 4999):
     print(f"  step {step:5d}: lr {lr_at(step, settings.steps, settings.lr, settings.warmup):.2e}")
 """)
 
@@ -279,11 +331,11 @@ them: colour and count by exact text, the box by parsing the JSON and requiring 
 """)
 
 md(r"""
-### 2.6 A short run
+### 2.7 A short run
 
-The default `train` (section 2.7) takes many minutes; here is a short run the chapter can afford: 300 steps
-on the colour and count questions only, whose answers are 1 or 2 tokens (a box answer scores 27, so a box
-batch costs several times more). Training is deterministic for a given seed and thread count; across
+The default `train` (section 2.8) takes minutes; here is a short run the chapter can afford: 300 steps
+on the colour and count questions only, whose answers are one word and `<|im_end|>` (a box answer scores
+about 30 tokens, and needs far more steps to learn). Training is deterministic for a given seed and thread count; across
 thread counts and kinds of CPU the floats round differently, so the accuracies are printed masked and
 **checked** against a guess instead: colour must beat 1/3 by 15 points on 60 held-out questions (a guess
 would do that about once in a thousand runs).
@@ -293,9 +345,9 @@ code(r"""
 easy = ("colour", "count")
 short = TrainSettings(steps=300, warmup=20, eval_every=100)
 easy_held_out = [e for kind in easy for e in held_out(60, kinds=(kind,))]
-model = init_weights(qvl.Qwen25VL(TRAIN_CONFIG), seed=short.seed)
+model = init_weights(qvl.Qwen25VL(TRAIN_CONFIG), seed=short.seed, vocabulary=vocabulary)
 history = train(model, tok, short, make=functools.partial(make_example, kinds=easy), evaluation=easy_held_out,
-                progress=False)                                          # True: a tqdm bar (the train command shows it)
+                vocabulary=vocabulary, progress=False)                 # True: a tqdm bar (the train command shows it)
 for row in history:
     print(f"step {row['step']:4d}: " + " ".join(f"heldout_{k}={row[k]:.0%}" for k in easy))
 final = history[-1]
@@ -320,9 +372,9 @@ picture. Counting needs every shape told apart, and takes longer.
 """)
 
 md(r"""
-### 2.7 The `train` command and a checkpoint that `describe` reads
+### 2.8 The `train` command and a checkpoint that `describe` reads
 
-`python -m qvl_minimal train --out DIR [--steps N] [--seed S]` runs the default loop (1500 steps of 16
+`python -m qvl_minimal train --out DIR [--steps N] [--seed S]` runs the default loop (5000 steps of 16
 mixed questions, all three kinds) with a progress bar, then writes DIR in the hub's layout
 (`train_cli.write_checkpoint`): `config.json`, `generation_config.json` (stop on `<|im_end|>`),
 `model.safetensors` with the checkpoint's tensor names, the tokenizer files and chat template
@@ -364,7 +416,7 @@ assert run.returncode == 0 and run.stdout.strip() in COLOURS, run.stderr[-500:]
 """)
 
 md(r"""
-The default run, `python -m qvl_minimal train --out shapes-model`, trains five times longer on all three
+The default run, `python -m qvl_minimal train --out shapes-model`, trains 5,000 steps on all three
 questions, the box included; then
 
     python -m qvl_minimal describe shapes.png --question "Where is the red circle?" --checkpoint shapes-model
@@ -373,10 +425,10 @@ answers in the grounding format. Section 4 says what it reached, and where.
 """)
 
 md(r"""
-### 2.8 LoRA: a fourth colour, and what the model forgets
+### 2.9 LoRA: a fourth colour, and what the model forgets
 
 Fine-tuning the whole model for every new skill means a full copy of the weights per skill and AdamW states
-twice the model's size (section 2.9). **LoRA** (Hu et al., 2021) freezes the weights and learns, next to a
+twice the model's size (section 2.10). **LoRA** (Hu et al., 2021) freezes the weights and learns, next to a
 chosen Linear `W` (out x in), a low-rank update `dW = (alpha / r) B A` with `A` (r x in) and `B` (out x r),
 `B` starting at zero so that the model starts unchanged:
 
@@ -391,7 +443,6 @@ seen and never written.
 """)
 
 code(r"""
-FOUR = {**COLOURS, "yellow": (230, 190, 30)}
 teach = functools.partial(make_example, kinds=("colour",), colours=FOUR)   # yellow among the three old colours
 new_held_out = [e for e in held_out(120, kinds=("colour",), colours=FOUR) if e.answer == "yellow"][:20]
 before = {**evaluate(model, tok, easy_held_out), "yellow": evaluate(model, tok, new_held_out)["colour"]}
@@ -402,7 +453,7 @@ trained = sum(p.numel() for p in lora_parameters(model))
 print(f"LoRA rank 8 on {len([m for m in model.modules() if hasattr(m, 'lora_A')])} Linears: {trained:,d} trainable "
       f"numbers, {trained / sum(p.numel() for p in model.parameters()):.2%} of the model")
 lora_run = TrainSettings(steps=80, warmup=10, lr=5e-3, eval_every=80, seed=1)
-train(model, tok, lora_run, make=teach, evaluation=new_held_out, progress=False)
+train(model, tok, lora_run, make=teach, evaluation=new_held_out, vocabulary=vocabulary, progress=False)
 after = {**evaluate(model, tok, easy_held_out), "yellow": evaluate(model, tok, new_held_out)["colour"]}
 for key in ("colour", "count", "yellow"):
     print(f"{key:7s} before_lora={before[key]:.0%}  after_lora={after[key]:.0%}")
@@ -414,8 +465,9 @@ print("only A and B trained; the original weights are unchanged: PASS")
 
 md(r"""
 Read the three rows (your machine's numbers). Before the adapters the model never says *yellow*: the word's
-row of the tied head was never trained, and LoRA cannot train it either (the table is frozen); the adapters
-must turn the decoder's last hidden state towards that fixed row. 80 steps are a small budget for a word
+row is in the shortlist (section 2.5), but it was never a right answer, so training only ever pushed it
+down; LoRA cannot train it (the table is frozen), so the adapters must turn the decoder's last hidden state
+towards that fixed row. 80 steps are a small budget for a word
 the model has never written: the *yellow* row shows how far they got. The old questions are measured on the
 same held-out examples before and after: a drop there is **forgetting** (灾难性遗忘 when it is large). The
 colour questions replay the three old colours beside yellow, the usual defence; the count question is not
@@ -440,7 +492,7 @@ compare("unmerged vs adapted logits", unmerged, adapted, 1e-5)
 """)
 
 md(r"""
-### 2.9 What fine-tuning the real 3B costs
+### 2.10 What fine-tuning the real 3B costs
 
 `qvl_minimal/finetune_costs.py` reads the memory of one training step off the config: the weights, one
 gradient per trained parameter, AdamW's two moving averages per trained parameter (float32), and the
@@ -538,7 +590,46 @@ assert all(r.passed for r in reports) and len(reports) == len(ref_grads)
 """)
 
 md(r"""
-`tests/test_training.py` runs the same comparison with the tied head too, and checks the label mask against
+Training ran on the shortlist (section 2.5), so its loss and gradients are checked too: the same batch, the
+tiny config with a **tied** head, every embedding row outside the batch's tokens set to zero in both models.
+The reference computes all 151,936 columns; ours K + 1. The shortlisted rows' gradient is compared with the
+reference's gradient of the table at those rows (the other rows are not trained). Tolerance: rel < 1e-5.
+""")
+
+code(r"""
+tied = cfg.replace(text_config={"tie_word_embeddings": True})
+ref = build_reference(tied, seed=3).train()
+state = {k: v.clone() for k, v in reference_state_dict(ref, tied).items()}
+ids = torch.unique(check_batch["input_ids"])                             # (K,): the batch's tokens
+keep = torch.zeros(tied.text_config.vocab_size, dtype=torch.bool)
+keep[ids] = True
+state["model.embed_tokens.weight"][~keep] = 0.0                           # the shortlist's rule
+ours = qvl.Qwen25VL(tied)
+ours.load_state_dict(state)
+ref_table = next(p for n, p in ref.named_parameters() if n.endswith("embed_tokens.weight"))
+with torch.no_grad():
+    ref_table.copy_(state["model.embed_tokens.weight"])
+ours.train()
+short_list = Shortlist(ours, ids.tolist())
+loss = short_list.loss(ours, {**check_batch, "labels": check_labels})
+ref_loss = ref(**check_batch, labels=check_labels).loss
+print(f"K = {len(ids)} of {tied.text_config.vocab_size:,d} columns")
+compare("shortlisted loss vs the reference's", loss, ref_loss, 1e-6)
+loss.backward()
+ref_loss.backward()
+ref_grads = {name: p.grad for name, p in ref.named_parameters()}
+ref_grads = reference_state_dict(type("Grads", (), {"state_dict": lambda self: ref_grads})(), tied)
+reports = [compare(f"grad {name}", p.grad, ref_grads[name], 1e-5, show=False)
+           for name, p in ours.named_parameters() if p.requires_grad]
+reports.append(compare("grad rows", short_list.rows.grad, ref_grads["model.embed_tokens.weight"][ids], 1e-5, show=False))
+print(f"{sum(r.passed for r in reports)} of {len(reports)} gradients PASS (tol rel < 1e-5); "
+      f"worst rel={max(r.rel for r in reports):.1e}")
+assert all(r.passed for r in reports) and len(reports) == len(ref_grads)
+""")
+
+md(r"""
+`tests/test_training.py` runs the first comparison with the tied head too, `tests/test_shortlist.py` the
+second, and `tests/test_training.py` checks the label mask against
 the reference processor: our prompt + answer + `<|im_end|>` ids equal the ids the reference processor gives
 for the whole conversation rendered by the chat template (minus the template's final newline).
 """)
@@ -554,6 +645,27 @@ row per evaluation: step, mean loss, the three held-out accuracies), and the sam
 record = json.loads((Path("shapes-model") / "training.json").read_text())
 fig = learning_curve(record["history"], f"{record['settings']['steps']} steps, {record['seconds'] / 60:.0f} min")
 ```
+
+The run below was recorded on the machine of appendix A.9 (`figures/14_learning_curve.json`, drawn by
+`python -m qvl_minimal figures`); it is a record, not something this notebook computed.
+""")
+
+code(r"""
+record = json.loads((Path.cwd().parent / "figures" / "14_learning_curve.json").read_text())
+last = record["history"][-1]
+print(f"recorded default run: {record['settings']['steps']} steps, {record['threads']} threads, {record['machine']}")
+print("held-out accuracy at the end:", ", ".join(f"{k} {last[k]:.0%}" for k in ("colour", "count", "box")),
+      f"({record['settings']['eval_per_kind']} questions each)")
+fig = recorded_learning_curve()
+display(fig)
+plt.close(fig)
+""")
+
+md(r"""
+**Figure 14.3** — The default `train` run (5,000 steps of 16 mixed questions), recorded. Left: the mean
+training loss between evaluations. Right: held-out accuracy per question kind, dotted lines a guess. Look at
+the order in which the skills arrive: colour first, then count, and the box last and slowest: its answer is
+four numbers that must each land within a few pixels, read off 16 visual tokens that each cover 28 x 28 px.
 """)
 
 md(r"""
@@ -563,8 +675,9 @@ md(r"""
   user turns, visual pads, padding. The loss is the mean over all scored tokens of the batch, shifted by one,
   in float32: exactly the reference's `labels=` loss, and every gradient agrees to rel < 1e-5.
 - A small Qwen2.5-VL (2 vision blocks, 4 decoder layers, width 128) with the real 151,936-token vocabulary
-  learns the shapes task on a CPU; nine tenths of its parameters are the tied embedding table, and the head
-  over that table is the main cost of each scored token.
+  learns the shapes task on a CPU. Nine tenths of its parameters are the tied embedding table; training only
+  the rows of the task's few dozen tokens and keeping the others at zero (the shortlist) gives the same loss
+  from K + 1 columns, and makes a step several times cheaper.
 - AdamW, warm-up then cosine decay, gradient clipping; held-out accuracy by greedy decoding; the loss falls
   first by learning the answer's format, then its content.
 - `train` writes a hub-layout checkpoint; `load_pretrained` and `describe` read it unchanged.
@@ -647,7 +760,7 @@ def train_step_mine(model, optimizer, batch, lr, clip):
 code(r"""check("14.3", train_step_mine)""", tags=["check"])
 
 md(r"""
-**Exercise 14.4 (quiz: predict, then run).** Section 2.8 adapted all seven projections at rank 8. The LoRA
+**Exercise 14.4 (quiz: predict, then run).** Section 2.9 adapted all seven projections at rank 8. The LoRA
 paper adapted only `q_proj` and `v_proj`. How many trainable numbers does LoRA of rank 4 on `q_proj` and
 `v_proj` of every decoder layer of `TRAIN_CONFIG` add? Work it out from the config (section 2.4's widths,
 and chapter 08 for the shapes of the projections), answer with an int, then check.

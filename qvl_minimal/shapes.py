@@ -1,5 +1,5 @@
 """The training task: seeded pictures of coloured shapes, and three questions about each
-(its chapter is a draft, drafts/14_training.ipynb).
+(chapter 14).
 
     draw_scene(rng)           -> Scene: 1 to 3 shapes on a white 112 x 112 RGB image
     make_example(split, seed, index) -> Example(image (112, 112, 3) uint8, question, answer, kind)

@@ -3,7 +3,8 @@
     train --out shapes-model                 the default run (not yet timed to the end)
     train --out quick --steps 200 --seed 1   a short run with another seed
 
-The run: check the options -> build TRAIN_CONFIG's model, seeded -> train (training.train: a progress
+The run: check the options -> build TRAIN_CONFIG's model, seeded, its embedding rows zero outside the
+task's shortlist (shortlist.py) -> train (training.train: a progress
 bar, held-out accuracy every --eval-every steps) -> write DIR as a checkpoint folder in the hub's
 layout, which `load_pretrained(DIR)` and `describe ... --checkpoint DIR` load like any other:
 
@@ -98,15 +99,16 @@ def run(args) -> int:
     from .model import Qwen25VL
     from .shapes import QUESTION_KINDS
     from .tokenizer_files import load_tokenizer
-    from .training import TRAIN_CONFIG, init_weights, train
+    from .training import TRAIN_CONFIG, init_weights, task_vocabulary, train
 
     settings = TrainSettings(steps=args.steps, seed=args.seed, eval_every=args.eval_every)
     tokenizer = load_tokenizer()
     torch.manual_seed(args.seed)
-    model = init_weights(Qwen25VL(TRAIN_CONFIG), seed=args.seed)
+    vocabulary = task_vocabulary(tokenizer)  # the shortlist (shortlist.py): the other rows stay zero
+    model = init_weights(Qwen25VL(TRAIN_CONFIG), seed=args.seed, vocabulary=vocabulary)
     start = time.perf_counter()
     try:
-        history = train(model, tokenizer, settings)
+        history = train(model, tokenizer, settings, vocabulary=vocabulary)
     except KeyboardInterrupt:
         print("\ninterrupted: nothing written", file=sys.stderr)
         return 130

@@ -6,7 +6,8 @@
     model.prefill --> hidden states (B, L, D); position t predicts token t+1:
     causal_lm_loss = mean over the N labelled tokens of -log softmax(head(h[t]))[labels[t+1]]
     train(...)     : AdamW, linear warm-up then cosine decay, gradient clipping, held-out accuracy
-                     every `eval_every` steps by greedy decoding (evaluate), a tqdm bar, a history
+                     every `eval_every` steps by greedy decoding (evaluate), a tqdm bar, a history;
+                     the loss on a Shortlist of task_vocabulary's rows (shortlist.py: the same value)
 
 The loss is the reference's (transformers' ForCausalLMLoss with `labels=`): labels shifted left by
 one, -100 ignored, the mean taken over every labelled token of the batch (not per row). Only the
@@ -28,14 +29,14 @@ from tqdm.auto import tqdm
 from .config import Qwen25VLConfig
 from .model import Qwen25VL
 from .preprocess import preprocess_image
-from .shapes import QUESTION_KINDS, held_out, make_example
+from .shapes import COLOURS, KINDS, QUESTION_KINDS, SIZE, Shape, box_answer, held_out, make_example
+from .shortlist import IGNORE, MODEL_INPUTS, Shortlist
 from .tokenizer import DEFAULT_SYSTEM, encode_chat
 
-IGNORE = -100  # the label of a position that is not scored (cross_entropy's ignore_index)
 
-# The model the training chapter trains (a draft, drafts/14_training.ipynb; how it was chosen: its
-# section 3). The real tokenizer and its ids stay, so the vocabulary keeps 3B's 151,936 rows, tied to
-# the head as in 3B.
+# The model chapter 14 trains (how it was chosen: its section 2.4). The real tokenizer and its ids stay,
+# so the vocabulary keeps 3B's 151,936 rows, tied to the head as in 3B; training touches only the rows of
+# the task's tokens (shortlist.py).
 TRAIN_CONFIG = Qwen25VLConfig.preset("3b").replace(
     vision_config={"depth": 2, "hidden_size": 128, "intermediate_size": 256, "num_heads": 4,
                    "out_hidden_size": 128, "fullatt_block_indexes": (1,)},
@@ -85,10 +86,6 @@ def collate(examples, tokenizer, with_answers: bool = True) -> dict:
 
 
 # ----------------------------------------------------------------------------- the loss
-MODEL_INPUTS = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "pixel_values_videos",
-                "video_grid_thw", "second_per_grid_ts")
-
-
 def causal_lm_loss(model: Qwen25VL, batch: dict) -> torch.Tensor:
     """Mean next-token cross-entropy over the labelled tokens of the batch (the reference's `loss`)."""
     labels = batch["labels"]  # (B, L)
@@ -103,16 +100,18 @@ def causal_lm_loss(model: Qwen25VL, batch: dict) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- the optimiser
 @torch.no_grad()
-def init_weights(model: torch.nn.Module, seed: int = 0, embed_std: float = 0.02) -> torch.nn.Module:
+def init_weights(model: torch.nn.Module, seed: int = 0, embed_std: float = 0.02,
+                 vocabulary=None) -> torch.nn.Module:
     """Seeded initialisation for a narrow model: every matrix ~ N(0, 1 / fan_in) (fan_in: its input width;
     a patch-embedding kernel counts all 3 x 2 x 14 x 14 inputs), the embedding table ~ N(0, embed_std),
     biases 0, norm weights 1.
 
     The reference draws every matrix from N(0, 0.02): about 1 / sqrt(2048), right for 3B's width. At width
     128 it would be 4 times too small, every layer's output 4 times too weak, attention almost uniform, and
-    the model would sit for hundreds of steps predicting the answers' average (section 2.4 of the
-    training chapter's draft).
+    the model would sit for hundreds of steps predicting the answers' average (chapter 14,
+    section 2.4).
     PyTorch's default N(0, 1) embedding would make the tied head's logits huge: 0.02 keeps them near 0.
+    With `vocabulary` (token ids), every other row of the table is zero: the shortlist's rule (shortlist.py).
     """
     gen = torch.Generator().manual_seed(seed)
     for name, p in model.named_parameters():
@@ -123,7 +122,31 @@ def init_weights(model: torch.nn.Module, seed: int = 0, embed_std: float = 0.02)
         else:
             fan_in = p[0].numel()  # (out, in) -> in; (out, c, t, h, w) -> c * t * h * w
             p.copy_(torch.randn(p.shape, generator=gen) / fan_in**0.5)
+    if vocabulary is not None:
+        table = model.language.embed_tokens.weight  # (V, D)
+        keep = torch.zeros(table.shape[0], dtype=torch.bool)
+        keep[torch.as_tensor(list(vocabulary))] = True
+        table[~keep] = 0.0
     return model
+
+
+def task_vocabulary(tokenizer, colours: dict = COLOURS) -> list[int]:
+    """Every token id a shapes prompt or answer can hold, and <|endoftext|> (the padding): the shortlist.
+
+    Prompts: the chat frame with one 112 x 112 image and each question; answers: each colour word, each
+    count, and a box answer for every coordinate 0..112 and every label; then <|im_end|>.
+    """
+    grid = torch.tensor([[1, SIZE // 14, SIZE // 14]])  # (1, 3): the task's one image
+    questions = ["How many shapes are there?"] + [f"What colour is the {kind}?" for kind in KINDS] + [
+        f"Where is the {colour} {kind}?" for colour in colours for kind in KINDS]
+    answers = list(colours) + ["1", "2", "3"] + [
+        box_answer(Shape(kind, colour, (n, n, n, n))) for colour in colours for kind in KINDS for n in range(SIZE + 1)]
+    ids = {tokenizer.pad_id, tokenizer.im_end_id}
+    for question in questions:
+        ids.update(encode_chat(tokenizer, question, image_grid_thw=grid)[0].tolist())
+    for text in answers:
+        ids.update(tokenizer.encode(text, split_special_tokens=True))
+    return sorted(ids)
 
 
 def lr_at(step: int, steps: int, peak: float, warmup: int, floor: float = 0.1) -> float:
@@ -134,24 +157,30 @@ def lr_at(step: int, steps: int, peak: float, warmup: int, floor: float = 0.1) -
     return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def make_optimizer(model, lr: float, weight_decay: float = 0.01) -> torch.optim.AdamW:
-    """AdamW; no weight decay on biases, norm weights (1-D) and the embedding table."""
+def make_optimizer(model, lr: float, weight_decay: float = 0.01, extra=()) -> torch.optim.AdamW:
+    """AdamW over the parameters that require a gradient (and `extra`, e.g. a shortlist's rows); no weight
+    decay on biases, norm weights (1-D) and embedding rows."""
     decay, no_decay = [], []
-    for name, p in model.named_parameters():
+    for name, p in [*model.named_parameters(), *(("embed_tokens.rows", p) for p in extra)]:
         if p.requires_grad:
             (no_decay if p.ndim == 1 or "embed_tokens" in name else decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95))
 
 
-def train_step(model, optimizer, batch: dict, lr: float, clip: float = 1.0) -> tuple[float, float]:
-    """One step: loss, backward, clip the gradients' global norm to `clip`, AdamW. -> (loss, norm before clipping)"""
+def train_step(model, optimizer, batch: dict, lr: float, clip: float = 1.0,
+               loss_fn=causal_lm_loss) -> tuple[float, float]:
+    """One step: loss, backward, clip the gradients' global norm to `clip`, AdamW. -> (loss, norm before clipping)
+
+    loss_fn(model, batch): causal_lm_loss (all V columns), or a Shortlist's loss (K + 1 columns, the same value).
+    """
     for group in optimizer.param_groups:
         group["lr"] = lr
-    loss = causal_lm_loss(model, batch)
+    loss = loss_fn(model, batch)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    trained = [p for group in optimizer.param_groups for p in group["params"]]
+    norm = torch.nn.utils.clip_grad_norm_(trained, clip)
     optimizer.step()
     return loss.item(), norm.item()
 
@@ -207,13 +236,13 @@ def evaluate(model, tokenizer, examples) -> dict[str, float]:
 # ----------------------------------------------------------------------------- the loop
 @dataclass
 class TrainSettings:
-    steps: int = 1500  # optimiser steps
+    steps: int = 5000  # optimiser steps
     batch_size: int = 16  # examples per step, question kinds mixed
-    lr: float = 2e-3  # peak learning rate
+    lr: float = 1e-3  # peak learning rate
     warmup: int = 100  # steps of linear warm-up
     clip: float = 1.0  # gradient clipping: max global norm
     weight_decay: float = 0.01
-    eval_every: int = 250  # steps between held-out evaluations
+    eval_every: int = 500  # steps between held-out evaluations
     eval_per_kind: int = 50  # held-out examples per question kind
     seed: int = 0  # weights and training examples
 
@@ -224,32 +253,41 @@ def held_out_set(per_kind: int) -> list:
 
 
 def train(model, tokenizer, settings: TrainSettings, progress: bool = True, make=make_example,
-          evaluation=None) -> list[dict]:
+          evaluation=None, vocabulary=None) -> list[dict]:
     """Train in place; returns the history: one dict per evaluation (step, loss, accuracies, seconds).
 
     Step s trains on examples s * batch_size ... of the "train" split with settings.seed (`make`
     draws one example: another task is another `make`). `evaluation` is the held-out list (default:
-    held_out_set(settings.eval_per_kind)).
+    held_out_set(settings.eval_per_kind)). The loss runs on a shortlist (shortlist.py) of `vocabulary`
+    (default: task_vocabulary(tokenizer)), whose rows are trained unless the table is frozen (LoRA).
     """
     torch.manual_seed(settings.seed)
     evaluation = held_out_set(settings.eval_per_kind) if evaluation is None else evaluation
-    optimizer = make_optimizer(model, settings.lr, settings.weight_decay)
+    table = model.language.embed_tokens.weight
+    train_rows = table.requires_grad
+    shortlist = Shortlist(model, task_vocabulary(tokenizer) if vocabulary is None else vocabulary, train_rows)
+    optimizer = make_optimizer(model, settings.lr, settings.weight_decay, extra=[shortlist.rows])
     history, losses, start = [], [], time.perf_counter()
     bar = tqdm(range(settings.steps), desc="training", unit="step", disable=not progress)
-    for step in bar:
-        model.train()
-        examples = [make("train", settings.seed, step * settings.batch_size + j) for j in range(settings.batch_size)]
-        lr = lr_at(step, settings.steps, settings.lr, settings.warmup)
-        loss, _ = train_step(model, optimizer, collate(examples, tokenizer), lr, settings.clip)
-        losses.append(loss)
-        bar.set_postfix(loss=f"{loss:.3f}")
-        last = step + 1 == settings.steps
-        if (step + 1) % settings.eval_every == 0 or last:
-            model.eval()
-            accuracy = evaluate(model, tokenizer, evaluation)
-            history.append({"step": step + 1, "loss": sum(losses) / len(losses), **accuracy,
-                            "seconds": time.perf_counter() - start})
-            losses = []
-            bar.set_postfix(loss=f"{loss:.3f}", **{k: f"{v:.2f}" for k, v in accuracy.items()})
-    model.eval()
+    try:
+        for step in bar:
+            model.train()
+            examples = [make("train", settings.seed, step * settings.batch_size + j)
+                        for j in range(settings.batch_size)]
+            lr = lr_at(step, settings.steps, settings.lr, settings.warmup)
+            loss, _ = train_step(model, optimizer, collate(examples, tokenizer), lr, settings.clip, shortlist.loss)
+            losses.append(loss)
+            bar.set_postfix(loss=f"{loss:.3f}")
+            if (step + 1) % settings.eval_every == 0 or step + 1 == settings.steps:
+                shortlist.write_back(model)  # generation reads the model's own table
+                model.eval()
+                accuracy = evaluate(model, tokenizer, evaluation)
+                history.append({"step": step + 1, "loss": sum(losses) / len(losses), **accuracy,
+                                "seconds": time.perf_counter() - start})
+                losses = []
+                bar.set_postfix(loss=f"{loss:.3f}", **{k: f"{v:.2f}" for k, v in accuracy.items()})
+    finally:
+        shortlist.write_back(model)
+        table.requires_grad_(train_rows)
+        model.eval()
     return history

@@ -1,5 +1,5 @@
 """The training chapter's pictures: examples of the shapes task, and a learning curve
-(the chapter is a draft, drafts/14_training.ipynb).
+(chapter 14).
 
 `shape_examples` draws held-out examples with their question and answer; `learning_curve` draws a
 training history (the list `training.train` returns, or the "history" of a checkpoint's

@@ -1,5 +1,5 @@
 """The training chapter's exercises: the label mask, a LoRA Linear, one training step, a LoRA size
-predicted (its notebook is a draft, drafts/14_training.ipynb).
+predicted (chapter 14).
 
     14.1  mask_labels(input_ids (B, L), attention_mask (B, L), answer_lengths) -> labels (B, L)
     14.2  LoRALinearMine(base: nn.Linear, rank, alpha): .base_layer frozen, .A (r, in), .B (out, r) trainable
