@@ -3,7 +3,8 @@
     check_checkpoint_folder(path, tokenizer=True) -> CheckedFolder, in this order:
 
     folder      find_checkpoint: `path`, else $QVL_CHECKPOINT, else the hub cache; config.json there
-    config      config.json: Qwen2.5-VL's, every field of the right type, the sizes consistent (config.py)
+    config      config.json: Qwen2.5-VL's (Qwen3-VL's when model_type is "qwen3_vl"), every field of the
+                right type, the sizes consistent (config.py, qwen3vl/config.py)
     generation  generation_config.json if present (else the defaults), every field typed
     shards      model.safetensors, or model.safetensors.index.json and every shard it names (inside the folder)
     headers     each shard's header, strictly (safetensors_io.read_header); each index entry in its shard
@@ -168,9 +169,19 @@ class CheckedFolder:
 def expected_shapes(config: Qwen25VLConfig) -> dict[str, tuple[int, ...]]:
     """Every tensor name of our model and its shape, from a model built on the meta device (no memory)."""
     from .model import Qwen25VL
+    from .qwen3vl import Qwen3VL, Qwen3VLConfig
 
     with torch.device("meta"), no_random_init():
-        return {k: tuple(v.shape) for k, v in Qwen25VL(config).state_dict().items()}
+        model = (Qwen3VL if isinstance(config, Qwen3VLConfig) else Qwen25VL)(config)
+        return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def _config_class(folder: Path):
+    """Qwen3VLConfig for config.json's model_type "qwen3_vl", else Qwen25VLConfig (whose checks say what is wrong)."""
+    from .qwen3vl import Qwen3VLConfig
+    from .qwen3vl.weights import model_type
+
+    return Qwen3VLConfig if model_type(folder) == "qwen3_vl" else Qwen25VLConfig
 
 
 def check_checkpoint_folder(path=None, tokenizer: bool = True) -> CheckedFolder:
@@ -178,7 +189,7 @@ def check_checkpoint_folder(path=None, tokenizer: bool = True) -> CheckedFolder:
     folder = path or "the default place"
     try:
         folder = find_checkpoint(path)
-        config = Qwen25VLConfig.from_pretrained(folder)
+        config = _config_class(folder).from_pretrained(folder)  # Qwen2.5-VL's, or Qwen3-VL's by model_type
         generation = GenerationConfig.from_pretrained(folder, config)
         listed = shard_files(folder)
         headers = {file: read_header(file) for file in listed}
@@ -199,7 +210,10 @@ def check_checkpoint_folder(path=None, tokenizer: bool = True) -> CheckedFolder:
 
 def _check_tensors(folder: Path, config, generation, listed: dict, headers: dict) -> CheckedFolder:
     """The stored tensors against the model the config describes (names, shapes, dtypes, once each)."""
-    layout, rename = checkpoint_layout([n for entries, _ in headers.values() for n in entries], folder.name)
+    if type(config).__name__ == "Qwen3VLConfig":  # one layout: our module tree as it is (qwen3vl/weights.py)
+        layout, rename = "Qwen3-VL's layout (model.visual.*, model.language_model.*)", lambda name: name
+    else:
+        layout, rename = checkpoint_layout([n for entries, _ in headers.values() for n in entries], folder.name)
     checked = CheckedFolder(folder, config, generation, headers, layout, rename)
     checked.stored_head = check_stored_tensors(folder, headers, listed, expected_shapes(config),
                                                config.text_config.tie_word_embeddings, rename)

@@ -6,6 +6,9 @@
     describe frames/                                    a folder of frames, taken as filmed at --fps
     describe photo.jpg --json                           one JSON object on stdout: answer and figures
 
+A Qwen3-VL checkpoint folder (config.json's model_type "qwen3_vl") runs the same way; its
+preprocessing and prompt (video time as "<1.2 seconds>" text) are chosen in model_family.py.
+
 The run: check every input (files, sizes, question, options, the checkpoint's files) -> preprocess
 -> load the model -> generate, streaming the answer to stdout -> one `stats:` line on stderr
 (token counts, the time of each stage, peak memory). A mistake the user can fix is reported
@@ -90,34 +93,43 @@ def default_question(media) -> str:
     return "Describe this image." if len(media.images) == 1 else "Describe these images."
 
 
-def preprocess_media(media, fps: float) -> tuple[dict, list[dict]]:
-    """-> (the visual arguments of model.generate, one summary per input for --json)."""
+def preprocess_media(media, fps: float, family=None) -> tuple[dict, list[dict]]:
+    """-> (the visual arguments of model.generate, one summary per input for --json; a Qwen3-VL video's
+    summary holds "timestamps", the seconds of its time steps, which its prompt writes).
+    `family`: model_family's (default Qwen2.5-VL's)."""
     import torch
 
     from .cli_inputs import UserError
-    from .preprocess import preprocess_image
-    from .video_io import FrameFolder, VideoError, preprocess_source
+    from .model_family import QWEN25
+    from .video_io import FrameFolder, VideoError
 
+    family = family or QWEN25
     visual, summaries = {}, []
     if media.images:
-        parts = [preprocess_image(image, max_pixels=media.max_pixels)
-                 for _, image in media.images]  # [(N_i, 1176), (1, 3)]
-        visual["pixel_values"] = torch.cat([pixels for pixels, _ in parts])  # (sum N_i, 1176)
+        parts = [family.preprocess_image(image, media.max_pixels)
+                 for _, image in media.images]  # [(N_i, 1176 | 1536), (1, 3)]
+        visual["pixel_values"] = torch.cat([pixels for pixels, _ in parts])  # (sum N_i, row)
         visual["image_grid_thw"] = torch.cat([grid for _, grid in parts])  # (images, 3)
         summaries += [{"path": str(path), "kind": "image", "grid_thw": grid[0].tolist()}
                       for (path, _), (_, grid) in zip(media.images, parts)]
     if media.videos:
         try:
-            parts = [preprocess_source(video, fps) for video in media.videos]
+            parts = [family.preprocess_video(video, fps) for video in media.videos]  # (pixels, grid, extra, seconds)
         except VideoError as err:
             raise UserError(str(err)) from None
-        visual["pixel_values_videos"] = torch.cat([part[0] for part in parts])  # (sum N_v, 1176)
+        visual["pixel_values_videos"] = torch.cat([part[0] for part in parts])  # (sum N_v, row)
         visual["video_grid_thw"] = torch.cat([part[1] for part in parts])  # (videos, 3)
-        visual["second_per_grid_ts"] = torch.cat([part[2] for part in parts])  # (videos,)
-        summaries += [{"path": str(video.path), "kind": "frames" if isinstance(video, FrameFolder) else "video",
+        for key in parts[0][2]:  # Qwen2.5-VL: second_per_grid_ts (videos,)
+            visual[key] = torch.cat([part[2][key] for part in parts])
+        for video, (_, grid, extra, steps) in zip(media.videos, parts):
+            summary = {"path": str(video.path), "kind": "frames" if isinstance(video, FrameFolder) else "video",
                        "source_frames": video.total_frames, "source_fps": round(video.video_fps, 3),
-                       "grid_thw": grid[0].tolist(), "second_per_grid_t": round(float(seconds[0]), 4)}
-                      for video, (_, grid, seconds) in zip(media.videos, parts)]
+                       "grid_thw": grid[0].tolist()}
+            if "second_per_grid_ts" in extra:
+                summary["second_per_grid_t"] = round(float(extra["second_per_grid_ts"][0]), 4)
+            if steps is not None:
+                summary["timestamps"] = steps
+            summaries.append(summary)
     return visual, summaries
 
 
@@ -147,8 +159,8 @@ def describe(args) -> int:
     from .cli_inputs import UserError, check_checkpoint, check_media, check_options
     from .cli_stats import RunStats
     from .describe_boxes import check_boxes_path, draw_answer
+    from .model_family import family_of
     from .prompt_limits import check_prompt
-    from .tokenizer import encode_chat
     from .weights import CheckpointError, load_pretrained
 
     stats = RunStats(args.device)
@@ -160,8 +172,10 @@ def describe(args) -> int:
         check_prompt(args, media, checked, args.question or default_question(media))  # context and memory
         boxes_path = check_boxes_path(args.boxes, media) if args.boxes else None
     question = args.question or default_question(media)
+    family = family_of(checked.config)  # Qwen2.5-VL or Qwen3-VL: preprocessing and prompt (model_family.py)
     with stats.stage("preprocess"):
-        visual, summaries = preprocess_media(media, args.fps)
+        visual, summaries = preprocess_media(media, args.fps, family)
+    seconds = [s["timestamps"] for s in summaries if "timestamps" in s] or None  # Qwen3-VL videos only
     if not args.json:
         print(f"loading {folder} ...", file=sys.stderr)
     with stats.stage("load"):
@@ -171,8 +185,8 @@ def describe(args) -> int:
             raise UserError(str(err)) from None
 
     param = next(model.parameters())
-    input_ids = encode_chat(tokenizer, question, image_grid_thw=visual.get("image_grid_thw"),
-                            video_grid_thw=visual.get("video_grid_thw"), system=args.system)  # (1, L)
+    input_ids = family.encode_chat(tokenizer, question, visual.get("image_grid_thw"), visual.get("video_grid_thw"),
+                                   seconds, args.system)  # (1, L)
     visual = {key: value.to(param.device, param.dtype) if key.startswith("pixel") else value.to(param.device)
               for key, value in visual.items()}  # pixels in the model's dtype; grids, seconds as they are
     generator = None if args.seed is None else torch.Generator(param.device).manual_seed(args.seed)

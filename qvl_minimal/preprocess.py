@@ -235,8 +235,10 @@ def preprocess_video(frames, video_fps: float, fps: float = 2.0, *, min_pixels: 
     return pixel_values, grid_thw, torch.tensor([TEMPORAL / sample_fps], dtype=torch.float32)
 
 
-def _read_sampled(frames, total_frames: int, wanted: Counter, min_pixels: int, max_pixels: float) -> torch.Tensor:
-    """Read `frames` once; resize and keep the frames at the `wanted` positions -> (T, 3, h, w) float32."""
+def _read_sampled(frames, total_frames: int, wanted: Counter, min_pixels: int, max_pixels: float, *,
+                  resize_to: tuple[int, int] | None = None, mean=CLIP_MEAN, std=CLIP_STD) -> torch.Tensor:
+    """Read `frames` once; resize and keep the frames at the `wanted` positions -> (T, 3, h, w) float32.
+    `resize_to` (h, w): resize to this instead of smart_resize's choice (Qwen3-VL's rule, qwen3vl/video.py)."""
     video, size, kept, count = None, None, 0, 0
     for position, frame in enumerate(frames):
         if position >= total_frames:
@@ -249,9 +251,10 @@ def _read_sampled(frames, total_frames: int, wanted: Counter, min_pixels: int, m
         for _ in range(wanted.get(position, 0)):
             rgb = to_rgb(frame)
             if video is None:  # the first kept frame fixes the size of all
-                height, width = smart_resize(rgb.height, rgb.width, min_pixels=min_pixels, max_pixels=max_pixels)
+                height, width = resize_to or smart_resize(rgb.height, rgb.width, min_pixels=min_pixels,
+                                                          max_pixels=max_pixels)
                 video = torch.empty(wanted.total(), 3, height, width)  # (T, 3, h, w)
-            video[kept] = resize_normalize(rgb, height, width)  # (3, h, w)
+            video[kept] = resize_normalize(rgb, height, width, mean, std)  # (3, h, w)
             kept += 1
         count = position + 1
     if count != total_frames:

@@ -1,7 +1,8 @@
 """Will this prompt fit? Counted from the inputs' sizes alone, before the model is loaded.
 
-    media_grids(media, fps)            -> (image_grid_thw (I, 3), video_grid_thw (V, 3)): the grids preprocessing
-                                          will produce, from each image's size and each video's header
+    media_grids(media, fps)            -> (image_grid_thw (I, 3), video_grid_thw (V, 3)): the grids Qwen2.5-VL's
+                                          preprocessing will produce, from each image's size and each video's
+                                          header (Qwen3-VL's: model_family.py)
     activation_bytes(config, ...)      -> the memory estimate below, in bytes
     check_prompt(args, media, checked, question) -> the prompt's length in tokens, or one UserError
                                        naming the count, the limit and how to fit
@@ -63,17 +64,17 @@ def check_prompt(args, media, checked, question: str) -> int:
     from .cli_inputs import check_dtype
     from .params import count_parameters
     from .storage import choose_storage, free_memory
-    from .tokenizer import encode_chat
+    from .model_family import family_of
 
+    family = family_of(checked.config)  # Qwen2.5-VL's or Qwen3-VL's grids and prompt
     dtype, _ = check_dtype(args.device, args.dtype)
     try:
         storage, _ = choose_storage(checked.config, dtype, device=args.device)  # $QVL_STORAGE is read here
         available = free_memory(args.device) if args.device != "mps" else None  # mps: no rule, not checked
     except ValueError as err:
         raise UserError(str(err)) from None
-    image_grid, video_grid = media_grids(media, args.fps)
-    length = encode_chat(checked.tokenizer, question, image_grid_thw=image_grid, video_grid_thw=video_grid,
-                         system=args.system).shape[1]
+    image_grid, video_grid, seconds = family.media_grids(media, args.fps)
+    length = family.encode_chat(checked.tokenizer, question, image_grid, video_grid, seconds, args.system).shape[1]
     per_input = [int(g.prod()) // MERGE**2 for grid in (image_grid, video_grid) if grid is not None for g in grid]
     visual, limit = sum(per_input), checked.config.text_config.max_position_embeddings
     how = (f"shrink each image with --max-pixels (now {media.max_pixels:,} pixels = {media.max_pixels // 784:,} "

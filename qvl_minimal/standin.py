@@ -38,12 +38,13 @@ def standin_config(kind: str = "full") -> Qwen25VLConfig:
 
 
 def write_standin_checkpoint(folder, config: Qwen25VLConfig, seed: int = 0, dtype=torch.bfloat16,
-                             max_shard_size: str = "500MB") -> Path:
+                             max_shard_size: str = "500MB", build=build_reference) -> Path:
     """Write a checkpoint with transformers' own save_pretrained: the hub's file layout and key
     names (config.json, model-0000i-of-0000n.safetensors, model.safetensors.index.json), plus
-    the tokenizer files, so that loading it exercises exactly the code path of the real one."""
+    the tokenizer files, so that loading it exercises exactly the code path of the real one.
+    `build`: the reference's builder (qwen3vl.reference.build_reference writes a Qwen3-VL one)."""
     folder = Path(folder)
-    model = build_reference(config, seed=seed).to(dtype)
+    model = build(config, seed=seed).to(dtype)
     model.save_pretrained(folder, max_shard_size=max_shard_size)
     del model
     write_tokenizer_files(folder)

@@ -100,6 +100,12 @@ def encode_chat(tokenizer: QwenTokenizer, question: str, image_grid_thw=None, vi
     counts = {IMAGE_PAD: vision_token_counts(image_grid_thw, merge_size, "image_grid_thw"),
               VIDEO_PAD: vision_token_counts(video_grid_thw, merge_size, "video_grid_thw")}
     parts = chat_parts(question, len(counts[IMAGE_PAD]), len(counts[VIDEO_PAD]), system)
+    return encode_parts(tokenizer, parts, counts)
+
+
+def encode_parts(tokenizer: QwenTokenizer, parts: list[tuple[str, bool]], counts: dict) -> torch.Tensor:
+    """(piece, is_control) pairs -> input_ids (1, L): control pieces as ids, the k-th <|image_pad|> (or
+    <|video_pad|>) repeated counts[pad][k] times, the text between them encoded as plain text."""
     pads = {pad: iter(n) for pad, n in counts.items()}  # the k-th pad gets the k-th grid's count
     ids, text = [], ""
     for piece, control in parts + [("", True)]:  # a final control piece flushes the text
