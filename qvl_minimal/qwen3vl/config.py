@@ -166,3 +166,37 @@ class Qwen3VLConfig:
         v = replace(self.vision_config, **changes.pop("vision_config", {}))
         t = replace(self.text_config, **changes.pop("text_config", {}))
         return replace(self, vision_config=v, text_config=t, **changes)
+
+
+def _released(vision: tuple, text: tuple, deepstack: tuple[int, ...], tied: bool) -> Qwen3VLConfig:
+    """A released checkpoint's sizes. vision = (depth, hidden, intermediate, heads);
+    text = (hidden, intermediate, layers, heads, kv_heads); the rest (patch 16, the 48 x 48 position
+    table, head_dim 128, vocab 151936, mrope_section (24, 20, 20) interleaved, rope_theta 5e6) is
+    the same in every released dense config.json."""
+    depth, width, mlp, heads = vision
+    hidden, inter, layers, q_heads, kv_heads = text
+    return Qwen3VLConfig(
+        vision_config=Qwen3VisionConfig(depth=depth, hidden_size=width, intermediate_size=mlp, num_heads=heads,
+                                        out_hidden_size=hidden, deepstack_visual_indexes=deepstack),
+        text_config=Qwen3TextConfig(hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
+                                    num_attention_heads=q_heads, num_key_value_heads=kv_heads, head_dim=128,
+                                    vocab_size=151936, max_position_embeddings=262144, tie_word_embeddings=tied),
+    )
+
+
+# The config.json values of the released Instruct checkpoints (appendix A.3 names the copies they
+# were read from). Qwen3-VL-2B is absent: its config.json could not be read from a source here.
+PRESETS: dict[str, Qwen3VLConfig] = {
+    "4b": _released((24, 1024, 4096, 16), (2560, 9728, 36, 32, 8), (5, 11, 17), tied=True),
+    "8b": _released((27, 1152, 4304, 16), (4096, 12288, 36, 32, 8), (8, 16, 24), tied=False),
+}
+
+
+def preset(name: str) -> Qwen3VLConfig:
+    """A released size by name ("4b", "8b"), like `Qwen25VLConfig.preset`."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown Qwen3-VL preset {name!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[name]
+
+
+Qwen3VLConfig.preset = staticmethod(preset)
