@@ -56,7 +56,8 @@ def configure(parser) -> None:
     gen.add_argument("--top-p", type=float, default=1.0,
                      help="when sampling, keep the most likely tokens up to this total probability (default 1)")
     gen.add_argument("--seed", type=int, default=None, help="seed of the sampler: the same seed, the same answer")
-    gen.add_argument("--system", default=DEFAULT_SYSTEM, help=f'the system prompt (default: "{DEFAULT_SYSTEM}")')
+    gen.add_argument("--system", default=None, help=f'the system prompt (default: Qwen2.5-VL "{DEFAULT_SYSTEM}"; '
+                     "Qwen3-VL none, as its chat template)")
     model = parser.add_argument_group("model")
     model.add_argument("--checkpoint", default=None,
                        help="checkpoint folder (default: $QVL_CHECKPOINT, then the Hugging Face hub cache)")

@@ -49,8 +49,9 @@ def _qwen25_video(source, fps):
 
 
 def _qwen25_chat(tokenizer, question, image_grid, video_grid, video_seconds, system):
-    from .tokenizer import encode_chat
+    from .tokenizer import DEFAULT_SYSTEM, encode_chat
 
+    system = DEFAULT_SYSTEM if system is None else system  # Qwen2.5-VL's template writes this one when none is given
     return encode_chat(tokenizer, question, image_grid_thw=image_grid, video_grid_thw=video_grid, system=system)
 
 

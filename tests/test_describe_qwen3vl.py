@@ -174,5 +174,19 @@ def test_image_inputs_and_greedy_tokens_equal_the_reference(files, capsys):
     ours = load_pretrained(folder, dtype="float32", progress=False)
     ours_new = ours.generate(ids, max_new_tokens=NEW, **visual)[0]
     assert ours_new.tolist() == ref_new.tolist()  # exact
-    result = describe_json(capsys, files, files / "photo.png", "--question", QUESTION)
+    result = describe_json(capsys, files, files / "photo.png", "--question", QUESTION, "--system", DEFAULT_SYSTEM)
     assert result["answer"] == load_tokenizer(folder).decode(ours_new, skip_special_tokens=True)
+
+
+def test_no_system_turn_unless_asked(files):
+    """Qwen3-VL's template writes no system turn when the messages have none; Qwen2.5-VL's writes its default."""
+    from qvl_minimal.model_family import QWEN25
+
+    tokenizer = load_tokenizer(files / "ckpt")
+    grid = torch.tensor([[1, 4, 4]])
+    plain = tokenizer.decode(QWEN3.encode_chat(tokenizer, QUESTION, grid, None, None, None)[0])
+    assert plain.startswith("<|im_start|>user\n<|vision_start|>") and "system" not in plain
+    given = tokenizer.decode(QWEN3.encode_chat(tokenizer, QUESTION, grid, None, None, "Be brief.")[0])
+    assert given == "<|im_start|>system\nBe brief.<|im_end|>\n" + plain
+    qwen25 = tokenizer.decode(QWEN25.encode_chat(tokenizer, QUESTION, grid, None, None, None)[0])
+    assert qwen25.startswith(f"<|im_start|>system\n{DEFAULT_SYSTEM}<|im_end|>\n")

@@ -9,25 +9,28 @@ of T time steps is T blocks, each after its time as text (transformers 4.57.6's 
 
     <0.2 seconds><|vision_start|><|video_pad|> x (h*w/4)<|vision_end|><1.2 seconds><|vision_start|>...
 
-The seconds are printed with one decimal ("{:.1f}"), as the reference does. The system turn is
-written as given (describe's --system); the released Qwen3-VL template writes none when the
-messages have none, Qwen2.5-VL's writes "You are a helpful assistant.": describe passes one always.
+The seconds are printed with one decimal ("{:.1f}"), as the reference does. With system=None there is
+no system turn, as the released Qwen3-VL template writes none when the messages have none (Qwen2.5-VL's
+writes "You are a helpful assistant."); describe's --system gives one.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..tokenizer import DEFAULT_SYSTEM, IMAGE_PAD, VIDEO_PAD, chat_parts, encode_parts, vision_token_counts
+from ..tokenizer import IMAGE_PAD, VIDEO_PAD, chat_parts, encode_parts, vision_token_counts
 from .positions import frame_grids
 
 START, END = ("<|vision_start|>", True), ("<|vision_end|>", True)
 
 
 def chat_parts_qwen3(question: str, num_images: int, video_seconds: list[list[float]],
-                     system: str = DEFAULT_SYSTEM) -> list[tuple[str, bool]]:
-    """chat_parts with each video's one block replaced by one "<t seconds>" + block per time step."""
-    parts = chat_parts(question, num_images, len(video_seconds), system)
+                     system: str | None = None) -> list[tuple[str, bool]]:
+    """chat_parts with each video's one block replaced by one "<t seconds>" + block per time step;
+    without the system turn when system is None."""
+    parts = chat_parts(question, num_images, len(video_seconds), "" if system is None else system)
+    if system is None:
+        parts = parts[5:]  # <|im_start|> "system\n" "" <|im_end|> "\n"
     block, videos, out, i = [START, (VIDEO_PAD, True), END], iter(video_seconds), [], 0
     while i < len(parts):
         if parts[i:i + 3] == block:  # one video: one block per time step, each after its time
@@ -40,7 +43,7 @@ def chat_parts_qwen3(question: str, num_images: int, video_seconds: list[list[fl
 
 
 def encode_chat_qwen3(tokenizer, question: str, image_grid_thw=None, video_grid_thw=None,
-                      video_seconds: list[list[float]] | None = None, system: str = DEFAULT_SYSTEM) -> torch.Tensor:
+                      video_seconds: list[list[float]] | None = None, system: str | None = None) -> torch.Tensor:
     """Qwen3-VL chat prompt -> input_ids (1, L); video_seconds[k]: the seconds of video k's time steps."""
     video_seconds = video_seconds or []
     steps = [] if video_grid_thw is None else [int(t) for t in video_grid_thw[:, 0]]
