@@ -184,8 +184,18 @@ def _released(vision: tuple, text: tuple, deepstack: tuple[int, ...], tied: bool
     )
 
 
-# The config.json values of the released Instruct checkpoints (appendix A.3 names the copies they
-# were read from). Qwen3-VL-2B is absent: its config.json could not be read from a source here.
+# The config.json values of the released Instruct checkpoints, read from copies of those files
+# (the Hugging Face pages themselves could not be fetched here):
+#   4b: huggingface.co/TechCarbasa/MyModels, commit 400bbbf (".../Qwen3-VL-4B-Instruct/config.json",
+#       text_config); a full copy (text and vision) in DiffSynth's Qwen3-VL encoder wrapper; the vision
+#       sizes again in ollama.com/dhiltgen/qwen3-vl:4b-instruct-q4_K_M (GGUF metadata: 24 blocks, 1024
+#       wide, MLP 4096, 16 heads, DeepStack [5, 11, 17], projection 2560).
+#   8b: huggingface.co/Steinate/Cortex config.json and huggingface.co/rooty2020/VaLR-prototype
+#       config.json (text_config, tie_word_embeddings false); ollama.com/library/qwen3-vl:8b-instruct-bf16
+#       (GGUF metadata: 36 x 4096, FFN 12288, 32/8 heads, tower 27 x 1152, 16 heads, DeepStack
+#       [8, 16, 24]); a printed Qwen3-VL-8B-Instruct config.json (transformers 4.57.3) with vision
+#       intermediate_size 4304 and out_hidden_size 4096.
+# Qwen3-VL-2B is absent: its config.json could not be read from a source here (copies disagreed).
 PRESETS: dict[str, Qwen3VLConfig] = {
     "4b": _released((24, 1024, 4096, 16), (2560, 9728, 36, 32, 8), (5, 11, 17), tied=True),
     "8b": _released((27, 1152, 4304, 16), (4096, 12288, 36, 32, 8), (8, 16, 24), tied=False),
