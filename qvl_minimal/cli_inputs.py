@@ -22,6 +22,8 @@ from .image_files import ImageFileError, load_image
 from .preprocess import MAX_PIXELS, MIN_PIXELS, VIDEO_MAX_PIXELS, VIDEO_MIN_PIXELS, smart_resize
 from .video_io import FrameFolder, VideoError, VideoFile, is_video_path, open_video
 
+LARGEST_LIMIT = 16777216  # Qwen3-VL's image limit (model_family.QWEN3.max_pixels), the largest of the families
+
 
 MIN_TEMPERATURE, MAX_TEMPERATURE = 0.01, 100.0  # sampling temperatures accepted (0 = greedy)
 
@@ -55,12 +57,22 @@ def check_options(args) -> None:
         raise UserError(f"--fps must be a positive number (frames per second of video to keep), got {args.fps}")
     if args.seed is not None and not 0 <= args.seed < 2**64:
         raise UserError(f"--seed must be an integer from 0 to 2**64 - 1, got {args.seed}")
-    max_pixels = getattr(args, "max_pixels", MAX_PIXELS)
-    if not MIN_PIXELS <= max_pixels <= MAX_PIXELS:
-        raise UserError(f"--max-pixels must lie between {MIN_PIXELS:,} (4 visual tokens) and {MAX_PIXELS:,} "
-                        f"(the checkpoint's limit, 16,384 visual tokens), got {max_pixels:,}")
+    max_pixels = getattr(args, "max_pixels", None)
+    if max_pixels is not None and not MIN_PIXELS <= max_pixels <= LARGEST_LIMIT:
+        raise UserError(f"--max-pixels must lie between {MIN_PIXELS:,} (4 visual tokens) and the checkpoint's limit "
+                        f"({MAX_PIXELS:,} for Qwen2.5-VL, {LARGEST_LIMIT:,} for Qwen3-VL), got {max_pixels:,}")
     check_device(args.device)
     check_dtype(args.device, args.dtype)
+
+
+def check_max_pixels(requested: int | None, family) -> int:
+    """--max-pixels for this checkpoint's family: its own limit when not given, else at most that limit."""
+    if requested is None:
+        return family.max_pixels
+    if requested > family.max_pixels:
+        raise UserError(f"--max-pixels {requested:,} is above {family.name}'s limit of {family.max_pixels:,} pixels; "
+                        f"give at most {family.max_pixels:,}, or leave it out")
+    return requested
 
 
 def check_dtype(device: str, dtype: str | None):

@@ -43,9 +43,10 @@ def configure(parser) -> None:
                              "of frames; the prompt shows them in this order")
     parser.add_argument("--question", "-q", default=None,
                         help='what to ask (default: "Describe this image." / "... these images." / "... this video.")')
-    parser.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
-                        help=f"shrink each image to at most this many pixels (default {MAX_PIXELS:,}, the checkpoint's: "
-                             "16,384 visual tokens; 784 pixels per token)")
+    parser.add_argument("--max-pixels", type=int, default=None,
+                        help=f"shrink each image to at most this many pixels (default: the checkpoint's limit, "
+                             f"{MAX_PIXELS:,} for Qwen2.5-VL = 16,384 visual tokens of 784 pixels; 16,777,216 for "
+                             "Qwen3-VL = 16,384 visual tokens of 1,024 pixels)")
     parser.add_argument("--fps", type=float, default=2.0,
                         help="video frames kept per second (default 2); a folder of frames is taken as filmed "
                              "at this rate, so every frame is kept")
@@ -157,7 +158,7 @@ class Streamer:
 def describe(args) -> int:
     import torch
 
-    from .cli_inputs import UserError, check_checkpoint, check_media, check_options
+    from .cli_inputs import UserError, check_checkpoint, check_max_pixels, check_media, check_options
     from .cli_stats import RunStats
     from .describe_boxes import check_boxes_path, draw_answer
     from .model_family import family_of
@@ -167,13 +168,14 @@ def describe(args) -> int:
     stats = RunStats(args.device)
     with stats.stage("check"):  # everything a user can get wrong, before the expensive load
         check_options(args)
-        media = check_media(args.inputs, args.fps, args.max_pixels)
+        media = check_media(args.inputs, args.fps)
         checked = check_checkpoint(args.checkpoint)  # every file, as the loader checks it; the tokenizer loaded
         folder, tokenizer = checked.folder, checked.tokenizer
+        family = family_of(checked.config)  # Qwen2.5-VL or Qwen3-VL: preprocessing and prompt (model_family.py)
+        media.max_pixels = check_max_pixels(args.max_pixels, family)  # the family's limit unless --max-pixels
         check_prompt(args, media, checked, args.question or default_question(media))  # context and memory
         boxes_path = check_boxes_path(args.boxes, media) if args.boxes else None
     question = args.question or default_question(media)
-    family = family_of(checked.config)  # Qwen2.5-VL or Qwen3-VL: preprocessing and prompt (model_family.py)
     with stats.stage("preprocess"):
         visual, summaries = preprocess_media(media, args.fps, family)
     seconds = [s["timestamps"] for s in summaries if "timestamps" in s] or None  # Qwen3-VL videos only

@@ -23,6 +23,7 @@ from typing import Callable
 @dataclass(frozen=True)
 class Family:
     name: str
+    max_pixels: int  # the checkpoint's image limit: --max-pixels' default and ceiling
     preprocess_image: Callable
     media_grids: Callable
     preprocess_video: Callable
@@ -56,21 +57,20 @@ def _qwen25_chat(tokenizer, question, image_grid, video_grid, video_seconds, sys
 
 
 def _qwen3_image(image, max_pixels):
-    from .qwen3vl.preprocess import MAX_PIXELS, preprocess_image
+    from .qwen3vl.preprocess import preprocess_image
 
-    return preprocess_image(image, max_pixels=min(max_pixels, MAX_PIXELS))
+    return preprocess_image(image, max_pixels=max_pixels)
 
 
 def _qwen3_grids(media, fps):
     import torch
 
-    from .qwen3vl.preprocess import FACTOR, MAX_PIXELS, MIN_PIXELS, PATCH
+    from .qwen3vl.preprocess import FACTOR, MIN_PIXELS, PATCH
     from .qwen3vl.video import video_plan
     from .preprocess import smart_resize
 
     images = [[1, h // PATCH, w // PATCH] for _, image in media.images
-              for h, w in [smart_resize(image.height, image.width, FACTOR, MIN_PIXELS,
-                                        min(media.max_pixels, MAX_PIXELS))]]
+              for h, w in [smart_resize(image.height, image.width, FACTOR, MIN_PIXELS, media.max_pixels)]]
     plans = [video_plan(v.total_frames, v.video_fps, v.height, v.width, fps) for v in media.videos]
     return (torch.tensor(images) if images else None, torch.tensor([grid for _, grid, _ in plans]) if plans else None,
             [seconds for _, _, seconds in plans])
@@ -95,8 +95,8 @@ def _qwen3_chat(tokenizer, question, image_grid, video_grid, video_seconds, syst
     return encode_chat_qwen3(tokenizer, question, image_grid, video_grid, video_seconds, system)
 
 
-QWEN25 = Family("Qwen2.5-VL", _qwen25_image, _qwen25_grids, _qwen25_video, _qwen25_chat)
-QWEN3 = Family("Qwen3-VL", _qwen3_image, _qwen3_grids, _qwen3_video, _qwen3_chat)
+QWEN25 = Family("Qwen2.5-VL", 12845056, _qwen25_image, _qwen25_grids, _qwen25_video, _qwen25_chat)  # 16,384 x 28 x 28
+QWEN3 = Family("Qwen3-VL", 16777216, _qwen3_image, _qwen3_grids, _qwen3_video, _qwen3_chat)  # 4096 x 4096
 
 
 def family_of(config) -> Family:

@@ -190,3 +190,31 @@ def test_no_system_turn_unless_asked(files):
     assert given == "<|im_start|>system\nBe brief.<|im_end|>\n" + plain
     qwen25 = tokenizer.decode(QWEN25.encode_chat(tokenizer, QUESTION, grid, None, None, None)[0])
     assert qwen25.startswith(f"<|im_start|>system\n{DEFAULT_SYSTEM}<|im_end|>\n")
+
+
+def test_max_pixels_default_is_the_checkpoint_families_own_limit():
+    """--max-pixels left out: Qwen2.5-VL's 12,845,056, Qwen3-VL's 16,777,216 (its preprocessor's longest_edge);
+    a 4000 x 4000 picture keeps all its 16,000,000 pixels for Qwen3-VL and is shrunk for Qwen2.5-VL."""
+    from types import SimpleNamespace
+
+    from PIL import Image as PILImage
+
+    from qvl_minimal.cli_inputs import UserError, check_max_pixels
+    from qvl_minimal.model_family import QWEN25
+    from qvl_minimal.preprocess import MAX_PIXELS
+    from qvl_minimal.qwen3vl import preprocess as qwen3_preprocess
+
+    assert check_max_pixels(None, QWEN25) == MAX_PIXELS == 12845056
+    assert check_max_pixels(None, QWEN3) == qwen3_preprocess.MAX_PIXELS == 16777216
+    assert check_max_pixels(14_000_000, QWEN3) == 14_000_000
+    with pytest.raises(UserError, match="above Qwen2.5-VL's limit of 12,845,056"):
+        check_max_pixels(14_000_000, QWEN25)
+    big = SimpleNamespace(images=[("big.png", PILImage.new("RGB", (4000, 4000)))], videos=[])
+    grids = {}
+    for family in (QWEN25, QWEN3):
+        big.max_pixels = check_max_pixels(None, family)
+        grids[family.name] = family.media_grids(big, 2.0)[0][0].tolist()
+    patch = {"Qwen2.5-VL": 14, "Qwen3-VL": 16}
+    assert grids["Qwen3-VL"] == [1, 250, 250]  # 4000 = 125 x 32: not shrunk
+    h, w = (n * patch["Qwen2.5-VL"] for n in grids["Qwen2.5-VL"][1:])
+    assert h * w <= 12845056 < 4000 * 4000
