@@ -210,7 +210,9 @@ def check_checkpoint_folder(path=None, tokenizer: bool = True) -> CheckedFolder:
 
 def _check_tensors(folder: Path, config, generation, listed: dict, headers: dict) -> CheckedFolder:
     """The stored tensors against the model the config describes (names, shapes, dtypes, once each)."""
-    if type(config).__name__ == "Qwen3VLConfig":  # one layout: our module tree as it is (qwen3vl/weights.py)
+    from .qwen3vl import Qwen3VLConfig
+
+    if isinstance(config, Qwen3VLConfig):  # one layout: our module tree as it is (qwen3vl/weights.py)
         layout, rename = "Qwen3-VL's layout (model.visual.*, model.language_model.*)", lambda name: name
     else:
         layout, rename = checkpoint_layout([n for entries, _ in headers.values() for n in entries], folder.name)

@@ -2,9 +2,9 @@
 
 The tied embedding table of 3B's vocabulary has V = 151,936 rows: at width 128 that is 19.4 M of the
 training model's 21.0 M numbers, and scoring 250 answer tokens against every row costs three
-(250 x 151,936 x 128) matrix products per step, 85% of a step (chapter 14, section 2.5). The shapes task
-reads and writes only K of those tokens (about a hundred: the chat frame, the questions, colour words,
-digits, the JSON of a box). Keep every other row at exactly zero. Then, for any hidden state h,
+(250 x 151,936 x 128) matrix products per step (a step fell from 0.6 s to 0.08 s without them: appendix
+A.9). The shapes task reads and writes only K = 57 of those tokens (the chat frame, the questions, colour
+words, digits, the JSON of a box). Keep every other row at exactly zero. Then, for any hidden state h,
 
     logit_j = h . e_j = 0                       for each of the V - K rows outside the shortlist
     log Z   = log( sum_{k in shortlist} exp(logit_k) + (V - K) * exp(0) )
@@ -13,6 +13,8 @@ so the full-vocabulary cross-entropy needs only the K shortlisted logits plus on
 log(V - K), that stands for the V - K zeros together. It is the same number the reference computes
 over all V columns (tests/test_shortlist.py: rel < 1e-6), for K / V of the cost.
 
+    scored_states(model, batch)          hidden states at the scored positions and their targets (both losses)
+    outside(vocab_size, token_ids)       (V,) True on the rows that must stay zero
     Shortlist(model, token_ids)          checks the other rows are zero; rows (K, D): the trainable copy
     shortlist.loss(model, batch)         the reference's loss, from K + 1 columns
     shortlist.write_back(model)          rows -> the model's table (before generating or saving)
@@ -36,6 +38,23 @@ from torch import nn
 IGNORE = -100  # the label of a position that is not scored (cross_entropy's ignore_index)
 MODEL_INPUTS = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "pixel_values_videos",
                 "video_grid_thw", "second_per_grid_ts")
+
+
+def scored_states(model: nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """prefill, then keep the positions whose next token is labelled -> (h (N, D), targets (N,))."""
+    h, _ = model.prefill(**{k: v for k, v in batch.items() if k in MODEL_INPUTS})  # (B, L, D)
+    targets = batch["labels"][:, 1:]  # (B, L-1): position t is scored on token t+1
+    scored = targets != IGNORE  # (B, L-1)
+    if not scored.any():
+        raise ValueError("no labelled token in the batch (every label is -100); label the answers")
+    return h[:, :-1][scored], targets[scored]  # (N, D), (N,)
+
+
+def outside(vocab_size: int, token_ids) -> torch.Tensor:
+    """(V,) bool: True on every row that is not shortlisted."""
+    mask = torch.ones(vocab_size, dtype=torch.bool)
+    mask[torch.as_tensor(list(token_ids), dtype=torch.long)] = False
+    return mask
 
 
 class ShortlistEmbedding(nn.Module):
@@ -64,9 +83,7 @@ class Shortlist(nn.Module):
         ids = torch.tensor(sorted(set(int(i) for i in token_ids)), dtype=torch.long)  # (K,)
         if len(ids) == 0 or ids[0] < 0 or ids[-1] >= vocab:
             raise ValueError(f"shortlist ids must be a non-empty list in [0, {vocab}); got {len(ids)} ids")
-        outside = torch.ones(vocab, dtype=torch.bool)
-        outside[ids] = False
-        if table.detach()[outside].any():
+        if table.detach()[outside(vocab, ids)].any():
             raise ValueError("the embedding rows outside the shortlist must be exactly zero (their logits are then "
                              "0, which is what makes the shortlisted loss exact); start from "
                              "training.init_weights(model, vocabulary=ids), not from a pretrained model")
@@ -90,19 +107,14 @@ class Shortlist(nn.Module):
 
     def loss(self, model: nn.Module, batch: dict) -> torch.Tensor:
         """Mean next-token cross-entropy over the labelled tokens, over the whole vocabulary (K + 1 columns)."""
-        labels = batch["labels"]  # (B, L)
         with self._embedding_in(model):
-            h, _ = model.prefill(**{k: v for k, v in batch.items() if k in MODEL_INPUTS})  # (B, L, D)
-        targets = labels[:, 1:]  # (B, L-1): position t is scored on token t+1
-        scored = targets != IGNORE  # (B, L-1)
-        if not scored.any():
-            raise ValueError("no labelled token in the batch (every label is -100); label the answers")
-        target_rows = self.position[targets[scored]]  # (N,)
+            h, targets = scored_states(model, batch)  # (N, D), (N,)
+        target_rows = self.position[targets]  # (N,)
         if (target_rows == len(self.ids)).any():
-            missing = sorted(set(targets[scored][target_rows == len(self.ids)].tolist()))[:5]
+            missing = sorted(set(targets[target_rows == len(self.ids)].tolist()))[:5]
             raise ValueError(f"answer tokens {missing} are not in the shortlist; build it from every answer "
                              "the task can give (training.task_vocabulary)")
-        logits = F.linear(h[:, :-1][scored], self.rows)  # (N, K)
+        logits = F.linear(h, self.rows)  # (N, K)
         others = logits.new_full((len(logits), 1), math.log(self.vocab_size - len(self.ids)))  # (N, 1)
         return F.cross_entropy(torch.cat([logits, others], dim=1).float(), target_rows)  # mean over N
 

@@ -30,7 +30,7 @@ from .config import Qwen25VLConfig
 from .model import Qwen25VL
 from .preprocess import preprocess_image
 from .shapes import COLOURS, KINDS, QUESTION_KINDS, SIZE, Shape, box_answer, held_out, make_example
-from .shortlist import IGNORE, MODEL_INPUTS, Shortlist
+from .shortlist import IGNORE, Shortlist, outside, scored_states
 from .tokenizer import DEFAULT_SYSTEM, encode_chat
 
 
@@ -88,14 +88,9 @@ def collate(examples, tokenizer, with_answers: bool = True) -> dict:
 # ----------------------------------------------------------------------------- the loss
 def causal_lm_loss(model: Qwen25VL, batch: dict) -> torch.Tensor:
     """Mean next-token cross-entropy over the labelled tokens of the batch (the reference's `loss`)."""
-    labels = batch["labels"]  # (B, L)
-    h, _ = model.prefill(**{k: v for k, v in batch.items() if k in MODEL_INPUTS})  # (B, L, D)
-    targets = labels[:, 1:]  # (B, L-1): position t is scored on token t+1
-    scored = targets != IGNORE  # (B, L-1)
-    if not scored.any():
-        raise ValueError("no labelled token in the batch (every label is -100); label the answers")
-    logits = model.head(h[:, :-1][scored])  # (N, vocab): only the scored positions
-    return F.cross_entropy(logits.float(), targets[scored])  # mean over the N tokens
+    h, targets = scored_states(model, batch)  # (N, D), (N,): only the scored positions
+    logits = model.head(h)  # (N, vocab)
+    return F.cross_entropy(logits.float(), targets)  # mean over the N tokens
 
 
 # ----------------------------------------------------------------------------- the optimiser
@@ -124,9 +119,7 @@ def init_weights(model: torch.nn.Module, seed: int = 0, embed_std: float = 0.02,
             p.copy_(torch.randn(p.shape, generator=gen) / fan_in**0.5)
     if vocabulary is not None:
         table = model.language.embed_tokens.weight  # (V, D)
-        keep = torch.zeros(table.shape[0], dtype=torch.bool)
-        keep[torch.as_tensor(list(vocabulary))] = True
-        table[~keep] = 0.0
+        table[outside(table.shape[0], vocabulary)] = 0.0
     return model
 
 
@@ -157,13 +150,14 @@ def lr_at(step: int, steps: int, peak: float, warmup: int, floor: float = 0.1) -
     return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def make_optimizer(model, lr: float, weight_decay: float = 0.01, extra=()) -> torch.optim.AdamW:
-    """AdamW over the parameters that require a gradient (and `extra`, e.g. a shortlist's rows); no weight
+def make_optimizer(model, lr: float, weight_decay: float = 0.01, embedding_rows=()) -> torch.optim.AdamW:
+    """AdamW over the parameters that require a gradient (and `embedding_rows`, a shortlist's); no weight
     decay on biases, norm weights (1-D) and embedding rows."""
     decay, no_decay = [], []
-    for name, p in [*model.named_parameters(), *(("embed_tokens.rows", p) for p in extra)]:
+    for name, p in model.named_parameters():
         if p.requires_grad:
             (no_decay if p.ndim == 1 or "embed_tokens" in name else decay).append(p)
+    no_decay += [p for p in embedding_rows if p.requires_grad]
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95))
 
@@ -266,7 +260,7 @@ def train(model, tokenizer, settings: TrainSettings, progress: bool = True, make
     table = model.language.embed_tokens.weight
     train_rows = table.requires_grad
     shortlist = Shortlist(model, task_vocabulary(tokenizer) if vocabulary is None else vocabulary, train_rows)
-    optimizer = make_optimizer(model, settings.lr, settings.weight_decay, extra=[shortlist.rows])
+    optimizer = make_optimizer(model, settings.lr, settings.weight_decay, embedding_rows=[shortlist.rows])
     history, losses, start = [], [], time.perf_counter()
     bar = tqdm(range(settings.steps), desc="training", unit="step", disable=not progress)
     try:
