@@ -11,8 +11,10 @@ hurts both alike) and the median of `--repeats` runs is kept. The ratio ours / r
 number to read on a busy machine. The machine's ceilings are measured in the same run: a large
 matrix product's GFLOP/s per dtype and a large copy's GB/s; each row is then a fraction of its
 ceiling: the vision tower and the prefill by their FLOPs (params.vision_flops, costs.prefill_flops),
-decode by the bytes of weights it must read per token (costs.decode_weight_bytes) over the copy speed.
+decode by the bytes of weights it must read per token (costs.decode_weight_bytes) over the read speed.
 bfloat16 rows run only where dtypes.choose_dtype says the CPU multiplies bfloat16 natively.
+"Ours" is the model as `describe` runs it: packed.pack_linears applied where it is exact (bfloat16;
+one line per dtype says what was packed), the reference sharing the plain weights it had before.
 """
 
 from __future__ import annotations
@@ -91,11 +93,12 @@ class PeakMemory:
 
 
 def ceilings(dtypes, quick: bool = False) -> dict[str, float]:
-    """This machine's roofs: {"gflops_float32": ..., "gflops_bfloat16": ..., "copy_gbs": ...}, best of 5.
+    """This machine's roofs: {"gflops_float32": ..., "gflops_bfloat16": ..., "copy_gbs": ..., "read_gbs": ...},
+    best of 5.
 
     Matmul: an n x n @ n x n product (n = 2048; 512 with quick), 2 n^3 FLOPs. Copy: a 256 MB tensor
-    (16 MB with quick) copied into another; bytes moved = read + write. A decode can read its weights
-    faster than a copy moves them (reading only, no writing), so decode rows may pass 100%."""
+    (16 MB with quick) copied into another; bytes moved = read + write. Read: the same tensor summed
+    (reading only, as a decode reads its weights); the decode rows are fractions of this roof."""
     n = 512 if quick else 2048
     generator = torch.Generator().manual_seed(0)
     a, b = torch.randn(n, n, generator=generator), torch.randn(n, n, generator=generator)
@@ -106,6 +109,7 @@ def ceilings(dtypes, quick: bool = False) -> dict[str, float]:
     src = torch.ones((16 if quick else 256) * 2**20 // 4)
     dst = torch.empty_like(src)
     roofs["copy_gbs"] = 2 * src.nbytes / best_time(lambda: dst.copy_(src), 5) / 1e9
+    roofs["read_gbs"] = src.nbytes / best_time(lambda: src.sum(), 5) / 1e9
     return roofs
 
 
@@ -139,6 +143,7 @@ def bench_dtype(folder, dtype, roofs: dict, repeats: int, new_tokens: int, max_p
     """Every row for one dtype: load, vision (photo, 1280x720), prefill, decode."""
     from transformers import Qwen2_5_VLForConditionalGeneration, logging
 
+    from .packed import pack_linears
     from .positions import get_rope_index
     from .reference import reference_sharing_weights
     from .tokenizer import load_tokenizer
@@ -150,7 +155,7 @@ def bench_dtype(folder, dtype, roofs: dict, repeats: int, new_tokens: int, max_p
     gflops = roofs[f"gflops_{name}"] * 1e9
     loads = {"ours": [], "reference": []}
     for _ in range(max(1, repeats)):  # load: alternate, each model dropped before the next
-        for side, load in (("ours", lambda: load_pretrained(folder, dtype=dtype, progress=False)),
+        for side, load in (("ours", lambda: load_pretrained(folder, dtype=dtype, progress=False, pack=True)),
                            ("reference", lambda: Qwen2_5_VLForConditionalGeneration.from_pretrained(folder, dtype=dtype))):
             with PeakMemory() as peak:
                 start = time.perf_counter()
@@ -164,6 +169,7 @@ def bench_dtype(folder, dtype, roofs: dict, repeats: int, new_tokens: int, max_p
 
     model = load_pretrained(folder, dtype=dtype, progress=False)
     ref = reference_sharing_weights(model)  # the same tensors: no second copy
+    packing = pack_linears(model)  # ours as describe runs it; the reference keeps the plain weights
     config, tokenizer = model.config, load_tokenizer(folder)
     images, ids, text_ids = _inputs(config, tokenizer, max_pixels)
     for label, (pixels, grid) in images.items():
@@ -196,12 +202,12 @@ def bench_dtype(folder, dtype, roofs: dict, repeats: int, new_tokens: int, max_p
                                                    max_new_tokens=n, min_new_tokens=n, do_sample=False,
                                                    eos_token_id=eos, pad_token_id=pad), repeats)
     per_token = [max(totals[1 + new_tokens][k] - totals[1][k], 1e-9) / new_tokens for k in (0, 1)]
-    roof = roofs["copy_gbs"] * 1e9
+    roof = roofs["read_gbs"] * 1e9
     rows.append(_row(f"decode, per token ({new_tokens} new, KV cache)", dtype, *per_token, roof,
                      decode_weight_bytes(config, name), unit="ms"))
     rows[-1].update(ours=1e3 * per_token[0], reference=1e3 * per_token[1])
     del ref, model
-    return rows
+    return rows, f"ours, {name}: {packing}"
 
 
 def format_table(rows: list[dict], roofs: dict, note: str) -> str:
@@ -232,7 +238,10 @@ def bench(quick: bool = False, repeats: int | None = None, dtypes=None) -> tuple
         dtypes = [torch.float32, torch.bfloat16] if native else [torch.float32]
     folder = standin_checkpoint("small" if quick else "full")
     roofs = ceilings(dtypes, quick)
-    rows = [row for dtype in dtypes for row in bench_dtype(folder, dtype, roofs, repeats, 4 if quick else 32, 64 * 28 * 28 if quick else None)]
+    rows, packings = [], []
+    for dtype in dtypes:
+        dtype_rows, packing = bench_dtype(folder, dtype, roofs, repeats, 4 if quick else 32, 64 * 28 * 28 if quick else None)
+        rows, packings = rows + dtype_rows, packings + [packing]
     from .config import Qwen25VLConfig
 
     c = Qwen25VLConfig.from_pretrained(folder)
@@ -243,7 +252,8 @@ def bench(quick: bool = False, repeats: int | None = None, dtypes=None) -> tuple
             "\nreduced depth magnifies work done once per image or prompt (e.g. the patch embedding); "
             "bench --full measures the whole model"
             "\nload: in the stored dtype (bfloat16) both sides map the files into memory without reading them, so the "
-            "reading is paid later, in the first run; a dtype conversion (float32) is paid at load by both")
+            "reading is paid later, in the first run; a dtype conversion (float32) is paid at load by both"
+            "\n" + "\n".join(packings))
     check_finite(rows)
     return rows, roofs, note
 

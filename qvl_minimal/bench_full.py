@@ -105,6 +105,7 @@ def write_shards(tmp: Path, shapes: dict, source: Path) -> None:
 def run_side(side: str, folder) -> dict:
     """Load + answer the photo question with 32 new tokens in this process -> times and peak memory."""
     from .dtypes import choose_dtype
+    from .packed import PackedLinear
     from .preprocess import preprocess_image
     from .samples import sample_photo
     from .tokenizer import build_chat_prompt, encode_chat, load_tokenizer
@@ -113,7 +114,7 @@ def run_side(side: str, folder) -> dict:
     question, start = "Describe this image.", time.perf_counter()
     dtype, _ = choose_dtype("cpu")
     if side == "ours":
-        model = load_pretrained(folder)  # prints its dtype (and storage) choice
+        model = load_pretrained(folder, pack=True)  # as describe loads it; prints its dtype, storage and packing
         loaded = time.perf_counter()
         pixels, grid = preprocess_image(sample_photo())
         ids = encode_chat(load_tokenizer(folder), question, image_grid_thw=grid)  # (1, 403)
@@ -134,6 +135,8 @@ def run_side(side: str, folder) -> dict:
     dtype = str(next(p for n, p in model.named_parameters() if "norm" in n).dtype).removeprefix("torch.")  # computed in
     if getattr(model, "storage", None):
         dtype += f"/{model.storage} storage"
+    if any(isinstance(m, PackedLinear) for m in model.modules()):
+        dtype += ", packed"  # oneDNN's packed weights (packed.py)
     return {"side": side, "dtype": dtype, "load_s": loaded - start, "generate_s": end - loaded, "wall_s": end - start,
             "new_tokens": int(new.shape[1]), "peak_gb": peak_gb()}
 

@@ -183,7 +183,8 @@ def describe(args) -> int:
         print(f"loading {folder} ...", file=sys.stderr)
     with stats.stage("load"):
         try:
-            model = load_pretrained(folder, dtype=args.dtype, device=args.device, progress=not args.json)
+            model = load_pretrained(folder, dtype=args.dtype, device=args.device, progress=not args.json,
+                                    pack=True)  # oneDNN's packed weights where exact (packed.py; $QVL_PACK=0: off)
         except CheckpointError as err:  # e.g. weights of another model next to this config.json
             raise UserError(str(err)) from None
 

@@ -65,8 +65,11 @@ class Qwen25VL(nn.Module):
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
         """Hidden states (..., D) -> logits (..., vocab)."""
-        tied = self.config.text_config.tie_word_embeddings
-        weight = self.language.embed_tokens.weight if tied else self.lm_head.weight  # (vocab, D)
+        if not self.config.text_config.tie_word_embeddings:
+            return self.lm_head(h)  # (..., vocab)
+        if getattr(self, "packed_head", None) is not None:  # packed.py's fast path: a packed copy of the table
+            return self.packed_head(h)  # (..., vocab)
+        weight = self.language.embed_tokens.weight  # (vocab, D): the tied head multiplies by the table
         if weight.dtype != h.dtype:  # bfloat16 storage (storage.py): the table upcast into the scratch buffer
             weight = upcast(self, weight)  # (vocab, D) float32
         return F.linear(h, weight)  # (..., vocab)

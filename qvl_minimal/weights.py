@@ -34,6 +34,7 @@ from .checkpoint_check import (DOWNLOAD_HINT, HUB_REPO, RENAMES_452, check_check
                                checkpoint_layout, find_checkpoint, hub_snapshot, no_random_init, shard_files)
 from .dtypes import choose_dtype
 from .model import Qwen25VL
+from .packed import pack_linears
 from .storage import choose_storage, storage_dtype, store_in_bfloat16
 from .safetensors_io import (DTYPES, CheckpointError, map_file, mapped_tensor, read_header,  # noqa: F401
                              read_tensor, release_pages)
@@ -85,7 +86,8 @@ FLOAT16_REFUSAL = (
 
 @torch.no_grad()
 def load_pretrained(path=None, dtype: torch.dtype | str | None = None, device: str = "cpu",
-                    progress: bool = True, allow_float16: bool = False, storage: str | None = None) -> Qwen25VL:
+                    progress: bool = True, allow_float16: bool = False, storage: str | None = None,
+                    pack: bool = False) -> Qwen25VL:
     """Load a Qwen2.5-VL checkpoint folder into our model, one tensor at a time.
 
     dtype None picks what is best for the device (`dtypes.choose_dtype`: bfloat16 on a GPU and on a
@@ -96,6 +98,9 @@ def load_pretrained(path=None, dtype: torch.dtype | str | None = None, device: s
     A tied checkpoint may also store lm_head.weight if it equals the embedding table.
     storage="bfloat16" keeps the matrices in bfloat16 and computes in float32 one module at a time
     (storage.py); None chooses it when float32 weights would not fit in the memory available (one line).
+    pack=True hands the loaded model to packed.pack_linears (inference only: oneDNN's packed weights,
+    bit-identical to F.linear, used where they are; one line says whether), dropping each file page
+    of a packed weight, so that the packed copy does not sit in memory beside the file's.
     generation_config.json is read into `model.generation_config` (the eos ids generate stops on).
     A folder whose config.json says model_type "qwen3_vl" loads into qwen3vl.Qwen3VL (qwen3vl/weights.py).
     """
@@ -104,7 +109,10 @@ def load_pretrained(path=None, dtype: torch.dtype | str | None = None, device: s
     if model_type(path) == "qwen3_vl":  # config.json's model_type picks the model (Qwen3VL: qwen3vl/weights.py)
         if storage is not None:
             raise ValueError("storage is not built for Qwen3-VL; load it with storage=None")
-        return load_qwen3vl(path, dtype=dtype, device=device, progress=progress, allow_float16=allow_float16)
+        model = load_qwen3vl(path, dtype=dtype, device=device, progress=progress, allow_float16=allow_float16)
+        if pack and progress:
+            print("weights not packed (packed.py is wired into Qwen2.5-VL loads only): F.linear everywhere", file=sys.stderr)
+        return model
     checked = check_checkpoint_folder(path, tokenizer=False)  # every file checked before a weight is read
     folder, config = checked.folder, checked.config
     dtype, why = choose_dtype(device, dtype)
@@ -123,6 +131,7 @@ def load_pretrained(path=None, dtype: torch.dtype | str | None = None, device: s
         model = Qwen25VL(config)  # shapes only
     model.generation_config = checked.generation_config
     on_cpu = torch.device(device).type == "cpu"  # only there can a tensor stay a view of the file
+    views = {}  # data pointer -> where in a mapped file, for each tensor left a view of the file
     for file, (entries, data_start) in tqdm(checked.headers.items(), desc="loading shards", unit="shard",
                                             disable=not progress):
         mapped = map_file(file)
@@ -135,9 +144,17 @@ def load_pretrained(path=None, dtype: torch.dtype | str | None = None, device: s
             if not (on_cpu and keep == tensor.dtype):
                 tensor = tensor.to(device=device, dtype=keep)  # converted or moved: a copy
                 release_pages(mapped, entry, data_start)  # the file's pages are not needed any more
+            else:
+                views[tensor.data_ptr()] = (mapped, entry, data_start)  # still the file's bytes
             _set_tensor(model, name, tensor)
             if name == "model.embed_tokens.weight":
                 embed = (file, entry, data_start)
     if checked.stored_head:
         _check_stored_head(checked.stored_head, embed, folder, progress)
-    return (store_in_bfloat16(model) if storage else model).eval()
+    model = (store_in_bfloat16(model) if storage else model).eval()
+    if pack:  # the weights were only read so far, so their pages can go back to the file
+        said = pack_linears(model, release=lambda weight: release_pages(*views[weight.data_ptr()])
+                            if weight.data_ptr() in views else None)
+        if progress:
+            print(said, file=sys.stderr)
+    return model

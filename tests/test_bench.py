@@ -16,7 +16,7 @@ COLUMNS = {"row", "dtype", "unit", "ours", "reference", "ratio", "ours_of_ceilin
 
 def test_quick_bench_table_structure():
     rows, roofs, note = bench(quick=True, repeats=1, dtypes=[torch.float32])
-    assert set(roofs) == {"gflops_float32", "copy_gbs"} and all(v > 0 for v in roofs.values())
+    assert set(roofs) == {"gflops_float32", "copy_gbs", "read_gbs"} and all(v > 0 for v in roofs.values())
     names = [r["row"] for r in rows]
     assert [n.split(",")[0].split(" (")[0] for n in names] == ["load", "vision tower", "vision tower", "prefill", "decode"]
     for r in rows:
@@ -27,14 +27,14 @@ def test_quick_bench_table_structure():
     assert all(r["ours_of_ceiling"] is not None for r in rows[1:])
     assert "reduced depth" in note
     table = format_table(rows, roofs, note)
-    note_lines = len(note.splitlines())  # what the rows measure, depth, how load is counted
-    assert note_lines == 3 and len(table.splitlines()) == note_lines + 3 + len(rows) + 1  # + ceilings, header, rule; peak memory
+    note_lines = len(note.splitlines())  # what the rows measure, depth, how load is counted, packing
+    assert note_lines == 4 and "ours, float32: weights not packed" in note and len(table.splitlines()) == note_lines + 3 + len(rows) + 1  # + ceilings, header, rule; peak memory
     assert "nan" not in table.lower()
 
 
 def test_ceilings_per_dtype():
     roofs = ceilings([torch.float32, torch.bfloat16], quick=True)
-    assert set(roofs) == {"gflops_float32", "gflops_bfloat16", "copy_gbs"}
+    assert set(roofs) == {"gflops_float32", "gflops_bfloat16", "copy_gbs", "read_gbs"}
 
 
 def test_costs_of_3b():
