@@ -38,10 +38,10 @@ def load_once():
     real, loaded = weights.load_pretrained, {}
     tokenizer = functools.cache(tokenizer_module.load_tokenizer)
 
-    def load_pretrained(path=None, dtype=None, device="cpu", progress=True):
-        key = (str(path), str(dtype), device)
+    def load_pretrained(path=None, dtype=None, device="cpu", progress=True, pack=False):
+        key = (str(path), str(dtype), device, pack)  # a packed model is another model (packed.py)
         if key not in loaded:
-            loaded[key] = real(path, dtype=dtype, device=device, progress=progress)
+            loaded[key] = real(path, dtype=dtype, device=device, progress=progress, pack=pack)
         return loaded[key]
 
     with pytest.MonkeyPatch.context() as patch:
