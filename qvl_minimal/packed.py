@@ -1,12 +1,13 @@
 """Packed weights: the fast path for bfloat16 on the CPU (the chapters teach plain `F.linear`).
 
 Decoding one token multiplies ONE row of activations by every weight matrix of the decoder: the
-time goes into reading 6 GB of bfloat16 weights (3B), so the speed limit is the memory's read
+time goes into reading about 6 GB of bfloat16 weights (3B), so the speed limit is the memory's read
 bandwidth (the "roof"). `F.linear` on the CPU hands each product to oneDNN (PyTorch's CPU math
-library), which first rearranges the (out, in) matrix into the blocked layout its kernel walks
-through, EVERY call; for one row that rearranging is most of the work, and one bfloat16 row
-reaches about half the roof (chapter 12 measures it on your machine). Rearranging once, at load,
-and keeping only the rearranged ("packed") copy removes that cost:
+library), whose kernel copies each block of the plain (out, in) matrix into the layout the bfloat16
+instruction reads (pairs of neighbouring inputs side by side, 16 outputs at a time) as it goes, on
+EVERY call; for one row that copying is a large share of the work, and one bfloat16 row reads its
+weights at about half the roof (chapter 12, section 2.11, measures it on your machine). Rearranging
+once, at load, and keeping only the rearranged ("packed") copy removes that work:
 
     packed = torch.ops.mkldnn._reorder_linear_weight(weight, 1)      # once: (out, in) -> oneDNN blocks
     y = torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")   # every call
@@ -22,8 +23,8 @@ Why it is safe to use, and where it stops:
   F.linear. Checked with torch 2.13.0.
 - Only where the result equals F.linear's BIT FOR BIT: `pack_linears` compares the two on the
   model's own weights (one row and several rows, each distinct shape) before it keeps anything.
-  On the CPUs checked (AMD with avx512_bf16; chapter 12) bfloat16 passes; float32 does not (the
-  packed kernel adds in another order, ~1e-7 relative apart), so float32 models keep F.linear.
+  On the CPU checked (AMD with avx512_bf16; appendix A.9) bfloat16 passes; float32 does not (its
+  packed kernel adds in another order), so float32 models keep F.linear.
 - Inference only: a packed model has no `weight` to train, save or adapt; load it again unpacked
   for that. bfloat16 storage (storage.py, float32 compute) keeps F.linear: its weights are upcast
   one module at a time, and a packed copy would have to be rebuilt on every call.
@@ -39,6 +40,28 @@ from torch import nn
 
 ENV = "QVL_PACK"  # "0" keeps F.linear everywhere (to compare, or to rule the fast path out)
 PROBE_ROWS = (1, 7, 64)  # one decode row, a short prompt, a prefill-sized block
+
+
+def switched_off() -> bool:
+    """$QVL_PACK: "0" keeps F.linear, "1" or unset packs where exact; anything else is an error."""
+    value = os.environ.get(ENV, "1")
+    if value not in ("0", "1"):
+        raise ValueError(f"${ENV}={value!r}: set it to 0 (keep F.linear everywhere) or 1 (pack where exact), or unset it")
+    return value == "0"
+
+
+def head_copy_bytes(config, dtype: torch.dtype, device: str = "cpu", storage: str | None = None) -> int:
+    """The bytes packing will add for this model (the tied head's packed copy of the table), for the
+    memory estimate made before the load; 0 where nothing would be packed."""
+    from .config import Qwen25VLConfig
+
+    text = config.text_config
+    if not isinstance(config, Qwen25VLConfig):
+        return 0  # load_pretrained packs Qwen2.5-VL models only (Qwen3-VL's config is another class)
+    if switched_off() or storage or dtype != torch.bfloat16 or torch.device(device).type != "cpu" \
+            or not text.tie_word_embeddings or not packing_available()[0]:
+        return 0
+    return text.vocab_size * text.hidden_size * 2
 
 
 def packing_available() -> tuple[bool, str]:
@@ -117,7 +140,7 @@ def pack_linears(model: nn.Module, release=None) -> str:
 
 def why_not(model: nn.Module, linears) -> str | None:
     """The reason the model cannot be packed, or None."""
-    if os.environ.get(ENV, "1") == "0":
+    if switched_off():
         return f"${ENV}=0"
     ok, why = packing_available()
     if not ok:

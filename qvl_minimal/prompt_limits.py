@@ -9,7 +9,8 @@
 
 Two limits. The context: the prompt (text + one token per 2 x 2 patches of every image and video)
 plus the new tokens must fit the checkpoint's max_position_embeddings (128,000 for the released
-models). The memory: the weights plus the activations must fit the memory free on the device now.
+models). The memory: the weights (with the packed head's copy where packed.py will make one) plus
+the activations must fit the memory free on the device now.
 
 The activation estimate counts the tensors alive at the two peaks of a forward pass, in the compute
 dtype (4 bytes for float32, 2 for bfloat16), from the shapes in vision.py and text.py:
@@ -63,13 +64,15 @@ def check_prompt(args, media, checked, question: str) -> int:
     on the device (the module's docstring). -> the prompt's length in tokens."""
     from .cli_inputs import check_dtype
     from .params import count_parameters
-    from .storage import choose_storage, free_memory
     from .model_family import family_of
+    from .packed import head_copy_bytes
+    from .storage import choose_storage, free_memory
 
     family = family_of(checked.config)  # Qwen2.5-VL's or Qwen3-VL's grids and prompt
     dtype, _ = check_dtype(args.device, args.dtype)
     try:
         storage, _ = choose_storage(checked.config, dtype, device=args.device)  # $QVL_STORAGE is read here
+        packed = head_copy_bytes(checked.config, dtype, args.device, storage)  # $QVL_PACK is read here
         available = free_memory(args.device) if args.device != "mps" else None  # mps: no rule, not checked
     except ValueError as err:
         raise UserError(str(err)) from None
@@ -87,7 +90,7 @@ def check_prompt(args, media, checked, question: str) -> int:
     if available is None:
         return length
     bytes_per = torch.finfo(dtype).bits // 8
-    weights = count_parameters(checked.config)["total"] * (2 if storage == "bfloat16" else bytes_per)
+    weights = count_parameters(checked.config)["total"] * (2 if storage == "bfloat16" else bytes_per) + packed
     patches = visual * MERGE**2
     need = weights + activation_bytes(checked.config, patches, length, args.max_new_tokens, bytes_per)
     if need > available:

@@ -201,6 +201,7 @@ def test_command_line_process_says_one_line(tmp_path):
 @pytest.mark.parametrize("name, value, needles", [
     ("QVL_DTYPE", "fp32", ("$QVL_DTYPE='fp32'", "float32, bfloat16")),
     ("QVL_STORAGE", "bf16", ("$QVL_STORAGE = 'bf16'", "'bfloat16'", "'float32'")),
+    ("QVL_PACK", "yes", ("$QVL_PACK='yes'", "0 (keep F.linear everywhere)", "1 (pack where exact)")),
 ])
 def test_environment_variables_with_a_wrong_value(checkpoint, photo, monkeypatch, capsys, name, value, needles):
     monkeypatch.setenv(name, value)

@@ -114,3 +114,23 @@ def test_load_pretrained_packs_what_describe_runs(capsys):
     assert "weights packed for oneDNN" in said or "weights not packed (oneDNN" in said
     (logits, tokens), (fast_logits, fast_tokens) = outputs(plain, plain.config), outputs(fast, fast.config)
     assert torch.equal(fast_logits, logits) and torch.equal(fast_tokens, tokens)
+
+
+def test_the_memory_estimate_counts_the_packed_head_where_it_will_be_made(monkeypatch):
+    """describe refuses a prompt that does not fit before the load: the packed head's copy of the table
+    (vocab x D bfloat16) is counted exactly where pack_linears will make it."""
+    from qvl_minimal.packed import head_copy_bytes, packing_available
+
+    cfg = qvl.Qwen25VLConfig.preset("3b")
+    table = cfg.text_config.vocab_size * cfg.text_config.hidden_size * 2  # 622 MB
+    expected = table if packing_available()[0] else 0
+    assert head_copy_bytes(cfg, torch.bfloat16) == expected
+    assert head_copy_bytes(cfg, torch.float32) == 0 and head_copy_bytes(cfg, torch.bfloat16, storage="bfloat16") == 0
+    assert head_copy_bytes(cfg, torch.bfloat16, device="cuda") == 0
+    untied = cfg.replace(text_config={"tie_word_embeddings": False})
+    assert head_copy_bytes(untied, torch.bfloat16) == 0  # an untied lm_head is packed in place, no copy
+    monkeypatch.setenv(packed.ENV, "0")
+    assert head_copy_bytes(cfg, torch.bfloat16) == 0
+    monkeypatch.setenv(packed.ENV, "no")
+    with pytest.raises(ValueError, match=r"\$QVL_PACK='no': set it to 0"):
+        head_copy_bytes(cfg, torch.bfloat16)
