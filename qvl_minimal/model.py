@@ -198,8 +198,8 @@ class Qwen25VL(nn.Module):
 
 def next_token(logits, temperature: float = 0.0, top_p: float = 1.0, generator=None) -> torch.Tensor:
     """Pick one token per row from logits (B, vocab): argmax, or temperature / top-p sampling. -> (B,)"""
-    if temperature == 0:
-        return logits.argmax(dim=-1)  # (B,)
+    if temperature == 0:  # float32 first: the same values (exact) and the same first maximum, 5x faster than in bfloat16
+        return logits.float().argmax(dim=-1)  # (B,)
     probs = torch.softmax(logits.float() / temperature, dim=-1)  # (B, vocab)
     probs, order = probs.sort(dim=-1, descending=True)  # (B, vocab) most likely first
     before = probs.cumsum(dim=-1) - probs  # (B, vocab) mass of the tokens ranked above each one
