@@ -110,7 +110,7 @@ def pack_linears(model: nn.Module, release=None) -> str:
     linears = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
     reason = why_not(model, linears)
     if reason:
-        return f"weights not packed ({reason}): F.linear everywhere"
+        return f"weights not packed: {reason}; F.linear everywhere"
     tied = model.config.text_config.tie_word_embeddings
     table = model.language.embed_tokens.weight  # (vocab, D): a tied head multiplies by it
     shapes = {(*m.weight.shape, m.bias is not None): (name, m.weight, m.bias) for name, m in reversed(linears)}
@@ -121,10 +121,10 @@ def pack_linears(model: nn.Module, release=None) -> str:
         try:
             probes[name] = probe = PackedLinear(weight, bias)
         except RuntimeError as err:  # e.g. a CPU without AVX-512 has no bfloat16 packed kernel
-            return f"weights not packed (oneDNN: {str(err).splitlines()[0]}): F.linear everywhere"
+            return f"weights not packed: oneDNN says {str(err).splitlines()[0]}; F.linear everywhere"
         if not equals_f_linear(probe, weight, bias):
             return (f"weights not packed: oneDNN's packed result differs from F.linear's for {name} "
-                    f"{tuple(weight.shape)} on this CPU: F.linear everywhere")
+                    f"{tuple(weight.shape)} on this CPU; F.linear everywhere")
     for name, linear in linears:
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent), child, probes.pop(name) if name in probes else PackedLinear(linear.weight, linear.bias))
@@ -149,8 +149,11 @@ def why_not(model: nn.Module, linears) -> str | None:
         return "bfloat16 storage upcasts each module's weights on every call"
     if model.training:
         return "the model is in training mode; packing is for inference (call model.eval())"
-    kinds = {m.weight.dtype for _, m in linears} | {m.weight.device.type for _, m in linears}
-    if kinds != {torch.bfloat16, "cpu"}:
-        return (f"{', '.join(sorted(str(k).removeprefix('torch.') for k in kinds))} weights; only bfloat16 on the CPU "
-                "is packed (float32's packed kernel adds in another order: its results would not equal F.linear's)")
+    devices = {m.weight.device.type for _, m in linears}
+    if devices != {"cpu"}:
+        return f"weights on {', '.join(sorted(devices))}; the packed kernels are the CPU's"
+    dtypes = {str(m.weight.dtype).removeprefix("torch.") for _, m in linears}
+    if dtypes != {"bfloat16"}:
+        return (f"{', '.join(sorted(dtypes))} weights; only bfloat16 is packed, since float32's packed kernel adds "
+                "in another order and its results would not equal F.linear's")
     return None
