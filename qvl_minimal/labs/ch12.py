@@ -1,4 +1,5 @@
-"""Chapter 12's exercises: predict where the prefill turns compute-bound, and build an int8 quantiser.
+"""Chapter 12's exercises: predict where the prefill turns compute-bound, build an int8 quantiser, and
+lay a weight matrix out in pairs as a bfloat16 dot-product instruction reads it.
 
     12.1  quiz: the shortest prompt (tokens) whose 3B prefill in bfloat16 is compute-bound on a
           machine with a bfloat16 peak of 560 GFLOP/s and a memory bandwidth of 16 GB/s
@@ -7,10 +8,15 @@
           weight-only int8 with one float32 scale per `group` consecutive weights of a row
           (llama.cpp's Q8_0 uses groups of 32): q int8 (rows, cols) in [-127, 127],
           scale (rows, cols // group) = the group's largest |w| / 127, w ~ scale * q
+    12.3  pack_pairs_mine(w) -> packed
+          w (out, in), out a multiple of 16 and in even -> (out / 16, in / 2, 16, 2) with
+          packed[b, k, j, p] = w[16 b + j, 2 k + p]: 16 outputs side by side, each with its pair of
+          neighbouring inputs (section 2.11's layout)
 
 12.1 is checked against costs.prefill_flops / costs.decode_weight_bytes (within one token); 12.2 by
 what defines the quantiser (shapes, dtypes, the range of q, the scales, and every weight within half a
-step of its reconstruction) on matrices with an all-zero group, ties and extreme values.
+step of its reconstruction) on matrices with an all-zero group, ties and extreme values; 12.3 exactly,
+element by element, on matrices whose every entry names its own row and column.
 """
 
 from __future__ import annotations
@@ -75,3 +81,22 @@ def _(quantize_groups_mine) -> str:
         if not torch.equal(peak, torch.where(expected_scale > 0, 127, 0).to(torch.int8)):
             raise AssertionError(f"{what}: each group's largest |w| must become q = +-127")
     return f"{len(cases)} matrices, group sizes 16 to 64: scales within 1e-6, every weight within half a step"
+
+
+def _pair_cases() -> list[tuple[torch.Tensor, str]]:
+    def labelled(out, inp):  # entry (r, c) = 1000 r + c: a misplaced value says where it came from
+        return (1000 * torch.arange(out)[:, None] + torch.arange(inp)).float()  # (out, in)
+
+    return [(labelled(16, 2), "16 x 2 (one block, one pair)"), (labelled(32, 6), "32 x 6 (two blocks, three pairs)"),
+            (labelled(48, 10), "48 x 10"), (torch.randn(64, 128), "64 x 128 random")]
+
+
+@exercise("12.3", "a matrix in the pair layout of a bfloat16 dot product")
+def _(pack_pairs_mine) -> str:
+    cases = _pair_cases()
+    for w, what in cases:
+        out, inp = w.shape
+        blocks = w.reshape(out // 16, 16, inp // 2, 2)  # (b, j, k, p): row 16 b + j, column 2 k + p
+        expected = blocks.permute(0, 2, 1, 3).contiguous()  # (out / 16, in / 2, 16, 2)
+        assert_tensor_matches(pack_pairs_mine(w.clone()), expected, f"{what}: packed[b, k, j, p] = w[16 b + j, 2 k + p]")
+    return f"{len(cases)} matrices, every entry in its place"
