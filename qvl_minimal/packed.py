@@ -46,7 +46,8 @@ def switched_off() -> bool:
     """$QVL_PACK: "0" keeps F.linear, "1" or unset packs where exact; anything else is an error."""
     value = os.environ.get(ENV, "1")
     if value not in ("0", "1"):
-        raise ValueError(f"${ENV}={value!r}: set it to 0 (keep F.linear everywhere) or 1 (pack where exact), or unset it")
+        raise ValueError(f"${ENV}={value!r}: set it to 0 (keep F.linear everywhere) or 1 (pack where exact), "
+                         "or unset it")
     return value == "0"
 
 
@@ -127,7 +128,8 @@ def pack_linears(model: nn.Module, release=None) -> str:
                     f"{tuple(weight.shape)} on this CPU; F.linear everywhere")
     for name, linear in linears:
         parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent), child, probes.pop(name) if name in probes else PackedLinear(linear.weight, linear.bias))
+        packed = probes.pop(name) if name in probes else PackedLinear(linear.weight, linear.bias)
+        setattr(model.get_submodule(parent), child, packed)
         if release is not None:
             release(linear.weight)
     head = ""

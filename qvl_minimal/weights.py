@@ -111,7 +111,8 @@ def load_pretrained(path=None, dtype: torch.dtype | str | None = None, device: s
             raise ValueError("storage is not built for Qwen3-VL; load it with storage=None")
         model = load_qwen3vl(path, dtype=dtype, device=device, progress=progress, allow_float16=allow_float16)
         if pack and progress:
-            print("weights not packed: packed.py is wired into Qwen2.5-VL loads only; F.linear everywhere", file=sys.stderr)
+            print("weights not packed: packed.py is wired into Qwen2.5-VL loads only; F.linear everywhere",
+                  file=sys.stderr)
         return model
     checked = check_checkpoint_folder(path, tokenizer=False)  # every file checked before a weight is read
     folder, config = checked.folder, checked.config
