@@ -19,11 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .image_files import ImageFileError, load_image
+from .model_family import LARGEST_LIMIT
 from .preprocess import MAX_PIXELS, MIN_PIXELS, VIDEO_MAX_PIXELS, VIDEO_MIN_PIXELS, smart_resize
 from .video_io import FrameFolder, VideoError, VideoFile, is_video_path, open_video
-
-LARGEST_LIMIT = 16777216  # Qwen3-VL's image limit (model_family.QWEN3.max_pixels), the largest of the families
-
 
 MIN_TEMPERATURE, MAX_TEMPERATURE = 0.01, 100.0  # sampling temperatures accepted (0 = greedy)
 

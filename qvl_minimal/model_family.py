@@ -19,6 +19,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+from .preprocess import MAX_PIXELS as QWEN25_MAX_PIXELS  # 16,384 x 28 x 28 = 12,845,056
+from .qwen3vl.preprocess import MAX_PIXELS as QWEN3_MAX_PIXELS  # 4096 x 4096 = 16,777,216
+
 
 @dataclass(frozen=True)
 class Family:
@@ -95,8 +98,9 @@ def _qwen3_chat(tokenizer, question, image_grid, video_grid, video_seconds, syst
     return encode_chat_qwen3(tokenizer, question, image_grid, video_grid, video_seconds, system)
 
 
-QWEN25 = Family("Qwen2.5-VL", 12845056, _qwen25_image, _qwen25_grids, _qwen25_video, _qwen25_chat)  # 16,384 x 28 x 28
-QWEN3 = Family("Qwen3-VL", 16777216, _qwen3_image, _qwen3_grids, _qwen3_video, _qwen3_chat)  # 4096 x 4096
+QWEN25 = Family("Qwen2.5-VL", QWEN25_MAX_PIXELS, _qwen25_image, _qwen25_grids, _qwen25_video, _qwen25_chat)
+QWEN3 = Family("Qwen3-VL", QWEN3_MAX_PIXELS, _qwen3_image, _qwen3_grids, _qwen3_video, _qwen3_chat)
+LARGEST_LIMIT = max(QWEN25.max_pixels, QWEN3.max_pixels)  # what --max-pixels may ask of any family
 
 
 def family_of(config) -> Family:

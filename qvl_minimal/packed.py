@@ -56,12 +56,11 @@ def head_copy_bytes(config, dtype: torch.dtype, device: str = "cpu", storage: st
     memory estimate made before the load; 0 where nothing would be packed."""
     from .config import Qwen25VLConfig
 
-    text = config.text_config
-    if not isinstance(config, Qwen25VLConfig):
-        return 0  # load_pretrained packs Qwen2.5-VL models only (Qwen3-VL's config is another class)
-    if switched_off() or storage or dtype != torch.bfloat16 or torch.device(device).type != "cpu" \
-            or not text.tie_word_embeddings or not packing_available()[0]:
+    text = config.text_config  # refusal first: it also reads $QVL_PACK, which must be valid for every model
+    if refusal({str(dtype).removeprefix("torch.")}, {torch.device(device).type}, storage) is not None:
         return 0
+    if not isinstance(config, Qwen25VLConfig) or not text.tie_word_embeddings:
+        return 0  # Qwen2.5-VL loads only are packed (Qwen3-VL's config is another class); untied: no copy
     return text.vocab_size * text.hidden_size * 2
 
 
@@ -141,20 +140,25 @@ def pack_linears(model: nn.Module, release=None) -> str:
 
 
 def why_not(model: nn.Module, linears) -> str | None:
-    """The reason the model cannot be packed, or None."""
+    """The reason `model` cannot be packed, or None."""
+    return refusal({str(m.weight.dtype).removeprefix("torch.") for _, m in linears},
+                   {m.weight.device.type for _, m in linears}, getattr(model, "storage", None), model.training)
+
+
+def refusal(dtypes: set[str], devices: set[str], storage: str | None, training: bool = False) -> str | None:
+    """The reason weights of these dtypes on these devices are not packed, or None. The one rule, for
+    pack_linears and for the memory estimate made before the load (head_copy_bytes)."""
     if switched_off():
         return f"${ENV}=0"
     ok, why = packing_available()
     if not ok:
         return why
-    if getattr(model, "storage", None):
+    if storage:
         return "bfloat16 storage upcasts each module's weights on every call"
-    if model.training:
+    if training:
         return "the model is in training mode; packing is for inference (call model.eval())"
-    devices = {m.weight.device.type for _, m in linears}
     if devices != {"cpu"}:
         return f"weights on {', '.join(sorted(devices))}; the packed kernels are the CPU's"
-    dtypes = {str(m.weight.dtype).removeprefix("torch.") for _, m in linears}
     if dtypes != {"bfloat16"}:
         return (f"{', '.join(sorted(dtypes))} weights; only bfloat16 is packed, since float32's packed kernel adds "
                 "in another order and its results would not equal F.linear's")
